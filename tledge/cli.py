@@ -1,0 +1,266 @@
+"""The ``tledge`` command. Thin: each subcommand parses arguments and calls the library.
+
+Exit codes: 0 success, 1 an error (one line; traceback with --debug), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tledge import __version__
+from tledge.errors import TledgeError
+
+log = logging.getLogger("tledge")
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", "-m", type=Path, required=required, help="exported .onnx model")
+    p.add_argument("--providers", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+
+
+def _embedder(args):
+    from tledge.runtime import Embedder
+
+    return Embedder(args.model, providers=args.providers, threads=args.threads)
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
+
+
+# -- subcommands ---------------------------------------------------------------------------
+
+def cmd_backbones(args) -> int:
+    from tledge.train.backbones import get_spec, list_backbones
+
+    for name in list_backbones():
+        spec = get_spec(name)
+        print(f"{name:20} {spec.dim:5}-d  {spec.preprocess.crop_size}px  {spec.summary}")
+    print("\nAny torchvision classification model name also works (weights from the torch hub "
+          "cache, or --allow-download).")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tledge.train.export import ExportOptions, export_model
+
+    opts = ExportOptions(backbone=args.backbone, weights=args.weights,
+                         allow_download=args.allow_download, parity_images=args.parity_images,
+                         threshold=args.threshold)
+    report = export_model(args.output, opts)
+    print(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB): {report.info.describe()}")
+    print(f"parity PyTorch vs ONNX Runtime on {report.parity_images} images: "
+          f"min cosine {report.min_cosine:.6f}, mean {report.mean_cosine:.6f}")
+    return 0
+
+
+def cmd_enroll(args) -> int:
+    from tledge.runtime import Gallery
+    from tledge.runtime.batch import class_folders, enroll_folder
+
+    embedder = _embedder(args)
+    with Gallery.open_or_create(args.gallery, embedder) as gallery:
+        if args.folder:
+            total = sum(len(f[:args.shots] if args.shots else f)
+                        for f in class_folders(args.folder).values())
+            with _progress(total, "enrolling") as bar:
+                results = enroll_folder(gallery, args.folder, args.shots, bar.update)
+        else:
+            with _progress(len(args.images), f"enrolling {args.label}") as bar:
+                results = [gallery.enroll(args.label, args.images, skip_bad=True,
+                                          progress=bar.update)]
+        failed = 0
+        for res in results:
+            print(f"{res.label}: {res.added} samples")
+            for name, msg in res.failed:
+                print(f"  skipped {name}: {msg}", file=sys.stderr)
+                failed += 1
+        print(f"gallery {args.gallery}: {len(gallery.labels())} classes "
+              f"(model {embedder.info.backbone}, {embedder.provider})")
+    return 1 if failed else 0
+
+
+def cmd_recognize(args) -> int:
+    from tledge.runtime import Gallery, Recognizer
+    from tledge.runtime.batch import recognize_sources
+
+    embedder = _embedder(args)
+    with Gallery.open(args.gallery, embedder) as gallery:
+        gallery.mode = args.mode
+        recognizer = Recognizer(embedder, gallery, args.smoothing, args.threshold)
+        errors = 0
+        for item in recognize_sources(recognizer, args.sources, args.max_frames, args.every):
+            errors += item.error is not None
+            if args.json:
+                print(json.dumps(item.to_dict(), ensure_ascii=False), flush=True)
+            elif item.error:
+                print(f"error: {item.error}", file=sys.stderr)
+            else:
+                r = item.result
+                label = r.label if r.label is not None else f"unknown (closest: {r.candidate})"
+                print(f"{item.name}: {label}  score {r.score:.3f}  {r.latency_ms:.1f} ms",
+                      flush=True)
+    return 1 if errors else 0
+
+
+def cmd_gallery(args) -> int:
+    from tledge.runtime import Gallery
+
+    embedder = _embedder(args) if args.model else None
+    if args.action == "reembed" and embedder is None:
+        raise TledgeError("gallery reembed needs --model NEW_MODEL.onnx")
+    open_with = None if args.action == "reembed" else embedder
+    with Gallery.open(args.gallery, open_with) as gallery:
+        if args.action == "info":
+            print(json.dumps(gallery.info(), indent=2, ensure_ascii=False))
+        elif args.action == "list":
+            for c in gallery.classes():
+                print(f"{c.label}\t{c.samples}")
+        elif args.action == "remove":
+            gallery.remove(_one(args.names, "remove LABEL"))
+            print(f"removed {args.names[0]!r}")
+        elif args.action == "rename":
+            if len(args.names) != 2:
+                raise TledgeError("usage: tledge gallery rename --gallery G OLD NEW")
+            gallery.rename(*args.names)
+            print(f"renamed {args.names[0]!r} to {args.names[1]!r}")
+        elif args.action == "threshold":
+            if args.names:
+                gallery.threshold = float(_one(args.names, "threshold VALUE"))
+            print(f"threshold {gallery.threshold:.4f}")
+        elif args.action == "reembed":
+            n = gallery.reembed(embedder)
+            print(f"re-embedded {n} samples with {embedder.info.describe()}")
+    return 0
+
+
+def _one(names: list[str], usage: str) -> str:
+    if len(names) != 1:
+        raise TledgeError(f"usage: tledge gallery {usage}")
+    return names[0]
+
+
+def cmd_demo(args) -> int:
+    from tledge.demo import format_report, run_demo
+
+    report = run_demo(args.workdir, args.backbone, args.model, args.providers, args.threads)
+    print(format_report(report))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from tledge.bench import run_bench
+
+    run_bench(args)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tledge", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tledge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("backbones", help="list the available backbones")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("export", help="export a backbone as a self-describing ONNX model")
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--output", "-o", type=Path, required=True)
+    p.add_argument("--weights", help="a .pth state dict to use instead of the published one")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let torchvision download weights that are not available offline")
+    p.add_argument("--parity-images", type=Path, help="folder of images for the parity check")
+    p.add_argument("--threshold", type=float, help="default open-set threshold to record")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("enroll", help="add classes to a gallery from images (no training)")
+    _model_args(p)
+    p.add_argument("--gallery", "-g", type=Path, required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--folder", type=Path, help="folder of class folders: DIR/<label>/*.jpg")
+    group.add_argument("--label", help="the label of IMAGE...")
+    p.add_argument("--shots", type=int, help="with --folder: use the first K images per class")
+    p.add_argument("images", nargs="*", type=Path, help="with --label: the images")
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("recognize", help="recognise images, folders, videos or a webcam")
+    _model_args(p)
+    p.add_argument("--gallery", "-g", type=Path, required=True)
+    p.add_argument("sources", nargs="+", help="image, folder, video file or webcam index")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--threshold", type=float, help="override the gallery's threshold")
+    p.add_argument("--mode", choices=("prototype", "nearest"), default="prototype")
+    p.add_argument("--smoothing", type=int, default=1, help="average over N frames")
+    p.add_argument("--max-frames", type=int, help="stop each source after N frames")
+    p.add_argument("--every", type=int, default=1, help="use every Nth frame of a video")
+    p.set_defaults(func=cmd_recognize)
+
+    p = sub.add_parser("gallery", help="inspect or edit a gallery")
+    p.add_argument("action", choices=("info", "list", "remove", "rename", "threshold", "reembed"))
+    p.add_argument("names", nargs="*", help="LABEL (remove), OLD NEW (rename), VALUE (threshold)")
+    p.add_argument("--gallery", "-g", type=Path, required=True)
+    _model_args(p, required=False)
+    p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo on the shipped sample images")
+    p.add_argument("--workdir", type=Path, default=Path("tledge-demo"))
+    p.add_argument("--backbone", default="mobilenet_v2")
+    _model_args(p, required=False)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmark ONNX Runtime vs PyTorch, end to end, search")
+    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--model", type=Path, help="exported model (default: export to --workdir)")
+    p.add_argument("--workdir", type=Path, default=Path("tledge-demo"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--sizes", default="1000,10000,100000", help="gallery sizes for search")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "enroll" and args.label and not args.images:
+        parser.error("enroll --label NAME needs at least one IMAGE")
+    if args.command == "enroll" and args.folder and args.images:
+        parser.error("enroll --folder takes no IMAGE arguments")
+    level = logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tledge: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if args.debug else level)
+    log.propagate = False
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except TledgeError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the CLI's last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

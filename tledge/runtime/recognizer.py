@@ -1,0 +1,79 @@
+"""Frame -> (label or unknown, score), optionally smoothed over consecutive frames."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from tledge.errors import TledgeError
+from tledge.runtime.embedder import Embedder, l2_normalize
+from tledge.runtime.gallery import Gallery
+from tledge.runtime.images import check_rgb
+
+Roi = tuple[int, int, int, int]  # x, y, width, height in pixels
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """``label`` is None for unknown; ``candidate`` is the closest class regardless."""
+
+    label: str | None
+    score: float
+    candidate: str | None
+    latency_ms: float
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "known": self.label is not None,
+                "score": round(self.score, 4), "candidate": self.candidate,
+                "latency_ms": round(self.latency_ms, 2)}
+
+
+class Recognizer:
+    """Embeds a frame (or its region of interest) and matches it against the gallery.
+
+    ``smoothing`` > 1 averages the embeddings of the last N frames before matching, which
+    steadies a live label at the cost of N-1 frames of lag. ``threshold`` None uses the
+    gallery's own.
+    """
+
+    def __init__(self, embedder: Embedder, gallery: Gallery, smoothing: int = 1,
+                 threshold: float | None = None) -> None:
+        if smoothing < 1:
+            raise TledgeError(f"smoothing must be at least 1 frame, got {smoothing}")
+        self.embedder, self.gallery = embedder, gallery
+        self.threshold = threshold
+        self._recent: deque[np.ndarray] = deque(maxlen=smoothing)
+
+    def reset(self) -> None:
+        """Forget the smoothing history (e.g. after the scene or the gallery changed)."""
+        self._recent.clear()
+
+    def recognize(self, image: np.ndarray, roi: Roi | None = None) -> Recognition:
+        """Recognise one RGB uint8 frame (H, W, 3)."""
+        start = time.perf_counter()
+        image = crop_roi(check_rgb(image, "frame"), roi)
+        vector = self.embedder.embed([image])[0]
+        self._recent.append(vector)
+        if len(self._recent) > 1:
+            vector = l2_normalize(np.mean(self._recent, axis=0))
+        candidate, score = self.gallery.best_matches(vector[None, :])[0]
+        thr = self.gallery.threshold if self.threshold is None else self.threshold
+        label = candidate if candidate is not None and score >= thr else None
+        return Recognition(label, score, candidate, (time.perf_counter() - start) * 1000.0)
+
+
+def crop_roi(image: np.ndarray, roi: Roi | None) -> np.ndarray:
+    """The ``roi`` part of ``image``, clipped to its bounds; the whole image when None."""
+    if roi is None:
+        return image
+    x, y, w, h = (int(v) for v in roi)
+    height, width = image.shape[:2]
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        raise TledgeError(f"region of interest {roi} is outside the {width}x{height} frame "
+                          "or smaller than 8 pixels")
+    return image[y0:y1, x0:x1]

@@ -1,0 +1,155 @@
+"""Export an embedding model to ONE self-describing ONNX file, then prove it matches PyTorch.
+
+``export_model(output, options)``: path in, path out. The file is written next to its final
+name and moved into place only after ``onnx.checker`` and the parity check pass, so a failed
+export never leaves a half-written or unverified model behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tledge import __version__
+from tledge.artifact import ModelInfo
+from tledge.errors import TledgeError
+from tledge.train.backbones import get_backbone
+from tledge.train.data import image_files, load_batch
+from tledge.train.model import EmbeddingModel, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(TledgeError):
+    """The exported model failed a check; nothing was written at the output path."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    backbone: str = "mobilenet_v2"
+    weights: str | None = None
+    allow_download: bool = False
+    parity_images: Path | None = None     # default: the sample images tledge ships
+    parity_limit: int = 50
+    min_cosine: float = 0.9999
+    opset: int = 18
+    threshold: float | None = None        # default: the backbone's own
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    info: ModelInfo
+    size_bytes: int
+    parity_images: int
+    min_cosine: float
+    mean_cosine: float
+    extra: dict = field(default_factory=dict)
+
+
+def export_model(output: str | os.PathLike, options: ExportOptions = ExportOptions()) -> ExportReport:
+    """Build the backbone, export it and verify it; returns the parity report."""
+    backbone, spec, source = get_backbone(options.backbone, weights=options.weights,
+                                          allow_download=options.allow_download)
+    model = EmbeddingModel(backbone).eval()
+    thr = spec.threshold if options.threshold is None else options.threshold
+    info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim,
+                     fingerprint=fingerprint(model, spec.preprocess), preprocess=spec.preprocess,
+                     threshold=thr, weights=source)
+    return export_embedding_model(model, info, Path(output), options)
+
+
+def export_embedding_model(model: EmbeddingModel, info: ModelInfo, output: Path,
+                           options: ExportOptions) -> ExportReport:
+    """Export ``model`` with ``info`` as metadata to ``output``, verified by parity."""
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise ExportError(f"output {output} should end in .onnx")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if [h.name for h in info.heads] != list(model.heads):
+        raise ExportError(f"metadata heads {[h.name for h in info.heads]} do not match the "
+                          f"model's heads {list(model.heads)}")
+    info = replace(info, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   tledge_version=__version__)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as tmp:
+        staged = Path(tmp) / output.name
+        _to_onnx(model, info, staged, options.opset)
+        paths = _parity_paths(options)
+        min_cos, mean_cos = parity(model, staged, paths)
+        if min_cos < options.min_cosine:
+            raise ExportError(
+                f"parity check failed: min cosine {min_cos:.6f} between PyTorch and ONNX Runtime "
+                f"on {len(paths)} images is below {options.min_cosine}; the model was not written"
+            )
+        extra = {**info.extra, "parity": f"min_cosine={min_cos:.6f} mean={mean_cos:.6f} "
+                                         f"images={len(paths)}"}
+        info = replace(info, extra=extra)
+        _write_metadata(staged, info)
+        os.replace(staged, output)
+    log.info("exported %s (%s)", output, info.describe())
+    return ExportReport(output, info, output.stat().st_size, len(paths), min_cos, mean_cos)
+
+
+def _to_onnx(model: EmbeddingModel, info: ModelInfo, path: Path, opset: int) -> None:
+    size = info.preprocess.crop_size
+    dummy = torch.randn(2, 3, size, size)
+    names = [info.output_name] + [h.output for h in info.heads]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    chatter = io.StringIO()  # the exporter prints progress lines; keep them for --debug
+    try:
+        with contextlib.redirect_stdout(chatter):
+            torch.onnx.export(model, (dummy,), str(path), input_names=[info.input_name],
+                              output_names=names, dynamic_shapes=({0: batch},),
+                              opset_version=opset, dynamo=True, external_data=False)
+    except Exception as exc:  # the exporter raises many types; name the stage that failed
+        raise ExportError(f"torch.onnx.export failed for {info.backbone}: {exc}") from exc
+    log.debug("torch.onnx.export: %s", chatter.getvalue())
+    _write_metadata(path, info)
+
+
+def _write_metadata(path: Path, info: ModelInfo) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, info.to_metadata())
+    proto.producer_name, proto.doc_string = "tledge", f"tledge embedding model: {info.describe()}"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path), save_as_external_data=False)
+
+
+def _parity_paths(options: ExportOptions) -> list[Path]:
+    from tledge.samples import sample_root
+
+    folder = options.parity_images or sample_root()
+    paths = image_files(folder, options.parity_limit)
+    if not paths:
+        raise ExportError(f"no images for the parity check in {folder}")
+    return paths
+
+
+def parity(model: EmbeddingModel, onnx_path: Path, paths: list[Path]) -> tuple[float, float]:
+    """(min, mean) cosine between PyTorch and ONNX Runtime embeddings of ``paths``.
+
+    PyTorch gets torchvision's transform; ONNX Runtime gets the runtime's own decoding and
+    preprocessing from the file's metadata, so the whole chain is checked.
+    """
+    from tledge.runtime.embedder import Embedder
+
+    embedder = Embedder(onnx_path, providers="cpu")
+    cfg = embedder.info.preprocess
+    with torch.no_grad():
+        ref = torch.cat([model.embed(load_batch(paths[i:i + 16], cfg))
+                         for i in range(0, len(paths), 16)]).numpy()
+    got = embedder.embed(paths)
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    return float(cos.min()), float(cos.mean())
