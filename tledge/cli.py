@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--sizes", default="1000,10000,100000", help="gallery sizes for search")
+    p.add_argument("--video", type=Path, help="frames for frame->label (default: the shared "
+                   "bottle video when present, else the sample images)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser

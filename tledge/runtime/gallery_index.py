@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class VectorIndex:
     index: object
     proto_ids: np.ndarray
     sums: np.ndarray
+    _protos: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, generation: int, sample_ids: np.ndarray, class_ids: np.ndarray,
@@ -64,14 +65,18 @@ class VectorIndex:
             self.proto_ids = np.append(self.proto_ids, class_id)
             self.sums = np.vstack([self.sums, vectors.sum(axis=0, keepdims=True)])
         self.generation = generation
+        self._protos = None
 
     @property
     def size(self) -> int:
         return len(self.sample_ids)
 
     def prototypes(self) -> np.ndarray:
-        norms = np.linalg.norm(self.sums, axis=1, keepdims=True)
-        return (self.sums / np.maximum(norms, 1e-12)).astype(np.float32)
+        """(c, dim) float32 unit class means, computed once per change."""
+        if self._protos is None:
+            norms = np.linalg.norm(self.sums, axis=1, keepdims=True)
+            self._protos = (self.sums / np.maximum(norms, 1e-12)).astype(np.float32)
+        return self._protos
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k samples per query: (scores (q, k), row positions (q, k); -1 where none)."""
