@@ -120,7 +120,8 @@ class ModelInfo:
         try:
             info = cls._parse(ours)
         except (KeyError, ValueError, TypeError) as exc:
-            raise ArtifactError(f"{source} has broken tledge metadata ({exc}); {EXPORT_HINT}")
+            raise ArtifactError(
+                f"{source} has broken tledge metadata ({exc}); {EXPORT_HINT}") from exc
         info.validate()
         return info
 

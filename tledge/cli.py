@@ -116,35 +116,26 @@ def cmd_gallery(args) -> int:
     embedder = _embedder(args) if args.model else None
     if args.action == "reembed" and embedder is None:
         raise TledgeError("gallery reembed needs --model NEW_MODEL.onnx")
-    open_with = None if args.action == "reembed" else embedder
-    with Gallery.open(args.gallery, open_with) as gallery:
+    with Gallery.open(args.gallery, None if args.action == "reembed" else embedder) as gallery:
         if args.action == "info":
             print(json.dumps(gallery.info(), indent=2, ensure_ascii=False))
         elif args.action == "list":
             for c in gallery.classes():
                 print(f"{c.label}\t{c.samples}")
         elif args.action == "remove":
-            gallery.remove(_one(args.names, "remove LABEL"))
-            print(f"removed {args.names[0]!r}")
+            gallery.remove(args.label)
+            print(f"removed {args.label!r}")
         elif args.action == "rename":
-            if len(args.names) != 2:
-                raise TledgeError("usage: tledge gallery rename --gallery G OLD NEW")
-            gallery.rename(*args.names)
-            print(f"renamed {args.names[0]!r} to {args.names[1]!r}")
+            gallery.rename(args.old, args.new)
+            print(f"renamed {args.old!r} to {args.new!r}")
         elif args.action == "threshold":
-            if args.names:
-                gallery.threshold = float(_one(args.names, "threshold VALUE"))
+            if args.value is not None:
+                gallery.threshold = args.value
             print(f"threshold {gallery.threshold:.4f}")
         elif args.action == "reembed":
             n = gallery.reembed(embedder)
             print(f"re-embedded {n} samples with {embedder.info.describe()}")
     return 0
-
-
-def _one(names: list[str], usage: str) -> str:
-    if len(names) != 1:
-        raise TledgeError(f"usage: tledge gallery {usage}")
-    return names[0]
 
 
 def cmd_demo(args) -> int:
@@ -207,11 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recognize)
 
     p = sub.add_parser("gallery", help="inspect or edit a gallery")
-    p.add_argument("action", choices=("info", "list", "remove", "rename", "threshold", "reembed"))
-    p.add_argument("names", nargs="*", help="LABEL (remove), OLD NEW (rename), VALUE (threshold)")
-    p.add_argument("--gallery", "-g", type=Path, required=True)
-    _model_args(p, required=False)
-    p.set_defaults(func=cmd_gallery)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_ in (("info", "summary as JSON"), ("list", "classes and sample counts"),
+                        ("remove", "delete a class"), ("rename", "rename a class"),
+                        ("threshold", "show or set the open-set threshold"),
+                        ("reembed", "re-embed stored crops with another model")):
+        a = actions.add_parser(name, help=help_)
+        a.add_argument("--gallery", "-g", type=Path, required=True)
+        _model_args(a, required=name == "reembed")
+        a.set_defaults(func=cmd_gallery)
+        if name == "remove":
+            a.add_argument("label")
+        elif name == "rename":
+            a.add_argument("old")
+            a.add_argument("new")
+        elif name == "threshold":
+            a.add_argument("value", type=float, nargs="?")
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the shipped sample images")
     p.add_argument("--workdir", type=Path, default=Path("tledge-demo"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,17 +89,24 @@ class Embedder:
         size = self.info.preprocess.crop_size
         self._run_session(np.zeros((1, 3, size, size), np.float32))
 
-    def embed(self, images: Iterable, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embed paths or RGB arrays -> float32 (n, dim), L2-normalised rows."""
-        return self.run(images, progress).vectors
+    def embed(self, images: Iterable, progress: Callable[[int], None] | None = None,
+              fast_resize: bool = False) -> np.ndarray:
+        """Embed paths or RGB arrays -> float32 (n, dim), L2-normalised rows.
 
-    def run(self, images: Iterable, progress: Callable[[int], None] | None = None) -> Embedding:
+        ``fast_resize``: the cheaper live-frame resampling (see ``preprocess_one``).
+        """
+        return self.run(images, progress, fast_resize).vectors
+
+    def run(self, images: Iterable, progress: Callable[[int], None] | None = None,
+            fast_resize: bool = False) -> Embedding:
         """Like embed, also returning each head's probabilities (n, n_labels) by head name."""
         items = list(images)
         chunks: list[list[np.ndarray]] = []
         for start in range(0, len(items), self.batch_size):
             batch = items[start:start + self.batch_size]
-            chunks.append(self._infer([_as_rgb(x, start + i) for i, x in enumerate(batch)]))
+            rgb = [_as_rgb(x, start + i) for i, x in enumerate(batch)]
+            chunks.append(self._run_session(preprocess_batch(rgb, self.info.preprocess,
+                                                             fast_resize)))
             if progress:
                 progress(len(batch))
         if not chunks:
@@ -113,9 +120,6 @@ class Embedder:
     def embed_tensor(self, batch: np.ndarray) -> np.ndarray:
         """Run already-preprocessed float32 (n, 3, H, W) input; returns (n, dim)."""
         return self._run_session(batch)[0]
-
-    def _infer(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self._run_session(preprocess_batch(list(images), self.info.preprocess))
 
     def _run_session(self, batch: np.ndarray) -> list[np.ndarray]:
         outs = self.session.run(self._outputs, {self.info.input_name: batch})

@@ -170,7 +170,8 @@ class Gallery:
         for i, item in enumerate(images):
             name = str(item) if not isinstance(item, np.ndarray) else f"frame #{i}"
             try:
-                rgb.append(check_rgb(item, name) if isinstance(item, np.ndarray) else load_image(item))
+                is_array = isinstance(item, np.ndarray)
+                rgb.append(check_rgb(item, name) if is_array else load_image(item))
                 sources.append(name)
             except ImageError as exc:
                 if not skip_bad:
@@ -260,7 +261,8 @@ class Gallery:
         best = self.best_matches(embeddings, mode)
         return [(lab if score >= thr else None, score) for lab, score in best]
 
-    def best_matches(self, embeddings: np.ndarray, mode: str = "prototype") -> list[tuple[str | None, float]]:
+    def best_matches(self, embeddings: np.ndarray,
+                     mode: str = "prototype") -> list[tuple[str | None, float]]:
         """Closest class and its score per row, before any threshold."""
         with self.store.lock:
             index = self._current()

@@ -92,7 +92,8 @@ class GalleryStore:
                     if statement.strip():
                         self.db.execute(statement)
                 rows = {**meta, "store_format": str(STORE_FORMAT), "generation": "0"}
-                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows.items())
+                # OR IGNORE: a gallery created concurrently by another process keeps its state.
+                self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", rows.items())
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")

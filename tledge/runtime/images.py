@@ -22,7 +22,8 @@ MAX_PIXELS = 200_000_000
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    hidden = path.name.startswith(".")
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not hidden
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

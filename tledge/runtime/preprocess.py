@@ -2,7 +2,8 @@
 
 The arithmetic copies torchvision's eval transform on PIL images (``Resize(int)`` with
 PIL's antialiased filter, ``CenterCrop``, ``ToTensor``, ``Normalize``), so the runtime sees
-exactly what the PyTorch side saw; ``tests/test_preprocess_parity.py`` holds them together.
+what the PyTorch side saw (to float rounding); ``tests/test_preprocess_parity.py`` holds
+them together.
 """
 
 from __future__ import annotations
@@ -37,24 +38,28 @@ def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     return left, top, left + size, top + size
 
 
-def preprocess_one(image: np.ndarray, cfg: Preprocess) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> float32 (3, crop, crop), normalised."""
+def preprocess_one(image: np.ndarray, cfg: Preprocess, fast: bool = False) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> float32 (3, crop, crop), normalised.
+
+    ``fast`` resamples only the pixels the centre crop keeps (PIL maps the crop's box back
+    into the source): about half the cost for a camera frame, but PIL's rounding then
+    differs by one grey level on up to a fifth of the pixels, which moves embeddings by a
+    cosine of ~1e-4. Used for live frames; enrollment, evaluation and parity stay exact.
+    """
     img = Image.fromarray(image)
     width, height = img.size
     new_w, new_h = resized_size(width, height, cfg)
-    if cfg.resize_mode == "stretch" or min(new_w, new_h) < cfg.crop_size:
-        img = _center_crop(img.resize((new_w, new_h), _RESAMPLE[cfg.interpolation]),
-                           cfg.crop_size)
-    elif (new_w, new_h) == (width, height):
-        img = img.crop(crop_box(width, height, cfg.crop_size))
-    else:
-        # Resample only the pixels the centre crop keeps: PIL maps the crop's box back into
-        # the source, so this equals resize-then-crop (to within one grey level from
-        # rounding) at about half the cost for a camera frame.
+    resample = _RESAMPLE[cfg.interpolation]
+    if fast and cfg.resize_mode == "shorter_side" and (new_w, new_h) != (width, height):
         left, top, right, bottom = crop_box(new_w, new_h, cfg.crop_size)
         sx, sy = width / new_w, height / new_h
-        img = img.resize((cfg.crop_size, cfg.crop_size), _RESAMPLE[cfg.interpolation],
+        img = img.resize((cfg.crop_size, cfg.crop_size), resample,
                          box=(left * sx, top * sy, right * sx, bottom * sy))
+    else:
+        if (new_w, new_h) != (width, height):
+            img = img.resize((new_w, new_h), resample)
+        if img.size != (cfg.crop_size, cfg.crop_size):
+            img = _center_crop(img, cfg.crop_size)
     return normalise(np.asarray(img), cfg)
 
 
@@ -79,9 +84,9 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray
     return (1.0 / (255.0 * s))[:, None, None].astype(np.float32), (-m / s)[:, None, None]
 
 
-def preprocess_batch(images: list[np.ndarray], cfg: Preprocess) -> np.ndarray:
+def preprocess_batch(images: list[np.ndarray], cfg: Preprocess, fast: bool = False) -> np.ndarray:
     """List of RGB uint8 arrays -> float32 (n, 3, crop, crop)."""
-    return np.stack([preprocess_one(im, cfg) for im in images])
+    return np.stack([preprocess_one(im, cfg, fast) for im in images])
 
 
 def _center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -36,15 +36,17 @@ class Recognizer:
 
     ``smoothing`` > 1 averages the embeddings of the last N frames before matching, which
     steadies a live label at the cost of N-1 frames of lag. ``threshold`` None uses the
-    gallery's own.
+    gallery's own. ``fast_resize`` uses the cheaper live-frame resampling (embeddings within
+    a cosine of ~1e-4 of the exact ones; see ``preprocess_one``).
     """
 
     def __init__(self, embedder: Embedder, gallery: Gallery, smoothing: int = 1,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, fast_resize: bool = True) -> None:
         if smoothing < 1:
             raise TledgeError(f"smoothing must be at least 1 frame, got {smoothing}")
         self.embedder, self.gallery = embedder, gallery
         self.threshold = threshold
+        self.fast_resize = fast_resize
         self._recent: deque[np.ndarray] = deque(maxlen=smoothing)
 
     def reset(self) -> None:
@@ -55,7 +57,7 @@ class Recognizer:
         """Recognise one RGB uint8 frame (H, W, 3)."""
         start = time.perf_counter()
         image = crop_roi(check_rgb(image, "frame"), roi)
-        vector = self.embedder.embed([image])[0]
+        vector = self.embedder.embed([image], fast_resize=self.fast_resize)[0]
         self._recent.append(vector)
         if len(self._recent) > 1:
             vector = l2_normalize(np.mean(self._recent, axis=0))

@@ -98,7 +98,8 @@ class FolderSource(FrameSource):
     def __init__(self, path: Path, loop: bool = False, skip_bad: bool = True) -> None:
         self.path, self.loop, self.skip_bad = path, loop, skip_bad
         self.description = f"images {path}"
-        self.files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if is_image_file(p))
+        found = [path] if path.is_file() else (p for p in path.rglob("*") if is_image_file(p))
+        self.files = sorted(found)
         if not self.files:
             raise SourceError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.errors: list[str] = []
@@ -132,5 +133,5 @@ def open_source(spec: str | int | Path, loop: bool = False) -> FrameSource:
         return FolderSource(path, loop=loop)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return CameraSource(str(path), loop=loop)
-    raise SourceError(f"{spec}: unknown source type; expected a video ({', '.join(VIDEO_SUFFIXES)}), "
-                      "an image, a folder or a webcam index")
+    raise SourceError(f"{spec}: unknown source type; expected a video "
+                      f"({', '.join(VIDEO_SUFFIXES)}), an image, a folder or a webcam index")

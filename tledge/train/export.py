@@ -56,7 +56,8 @@ class ExportReport:
     extra: dict = field(default_factory=dict)
 
 
-def export_model(output: str | os.PathLike, options: ExportOptions = ExportOptions()) -> ExportReport:
+def export_model(output: str | os.PathLike,
+                 options: ExportOptions = ExportOptions()) -> ExportReport:
     """Build the backbone, export it and verify it; returns the parity report."""
     backbone, spec, source = get_backbone(options.backbone, weights=options.weights,
                                           allow_download=options.allow_download)

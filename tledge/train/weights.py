@@ -90,7 +90,8 @@ def resolve(spec: WeightsSpec | None, explicit: str | Path | None = None,
     for path, where in candidates(spec):
         if path.is_file():
             log.info("weights %s from %s", spec.filename, where)
-            return LoadedWeights(load_file(path, spec.sha256_prefix), f"{spec.description} ({where})")
+            state = load_file(path, spec.sha256_prefix)
+            return LoadedWeights(state, f"{spec.description} ({where})")
     if allow_download and spec.url:
         log.info("downloading %s", spec.url)
         state = torch.hub.load_state_dict_from_url(spec.url, map_location="cpu", check_hash=True,

@@ -1,0 +1,79 @@
+"""Shared fixtures: small real models exported once per session, real sample images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tledge.runtime.images import load_image
+from tledge.samples import enroll_dir, query_dir, unknown_dir
+
+SHARED = Path(os.environ.get("TLEDGE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data {path} is not present (only in the project's CI and dev machines)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny backbone exported through the real exporter (seconds, not minutes)."""
+    from tledge.train.export import ExportOptions, export_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny.onnx"
+    export_model(path, ExportOptions(backbone="tiny", parity_limit=8))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_model(tmp_path_factory) -> Path:
+    """The real ImageNet MobileNetV2, exported once for the slow tests."""
+    from tledge.train.export import ExportOptions, export_model
+
+    path = tmp_path_factory.mktemp("models") / "mobilenet_v2.onnx"
+    export_model(path, ExportOptions(backbone="mobilenet_v2", parity_limit=8))
+    return path
+
+
+@pytest.fixture()
+def embedder(tiny_model):
+    from tledge.runtime import Embedder
+
+    return Embedder(tiny_model, providers="cpu")
+
+
+@pytest.fixture()
+def sample_files() -> dict[str, list[Path]]:
+    """The shipped enrollment shots, by class."""
+    return {d.name: sorted(d.glob("*.jpg")) for d in sorted(enroll_dir().iterdir()) if d.is_dir()}
+
+
+@pytest.fixture()
+def query_files() -> dict[str, list[Path]]:
+    return {d.name: sorted(d.glob("*.jpg")) for d in sorted(query_dir().iterdir()) if d.is_dir()}
+
+
+@pytest.fixture()
+def unknown_files() -> list[Path]:
+    return sorted(unknown_dir().glob("*.jpg"))
+
+
+@pytest.fixture()
+def video(tmp_path, query_files):
+    """A real video made from real photos (cup then watch), 5 frames each."""
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for label in ("cup", "watch"):
+        frame = cv2.resize(load_image(query_files[label][0])[:, :, ::-1], (320, 240))
+        for _ in range(5):
+            writer.write(np.ascontiguousarray(frame))
+    writer.release()
+    return path
