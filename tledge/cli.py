@@ -49,12 +49,15 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tledge.train.export import ExportOptions, export_model
+    from tledge.train.export import ExportOptions, export_checkpoint, export_model
 
     opts = ExportOptions(backbone=args.backbone, weights=args.weights,
                          allow_download=args.allow_download, parity_images=args.parity_images,
                          threshold=args.threshold)
-    report = export_model(args.output, opts)
+    if args.checkpoint:
+        report = export_checkpoint(args.checkpoint, args.output, opts, not args.no_centering)
+    else:
+        report = export_model(args.output, opts)
     print(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB): {report.info.describe()}")
     print(f"parity PyTorch vs ONNX Runtime on {report.parity_images} images: "
           f"min cosine {report.min_cosine:.6f}, mean {report.mean_cosine:.6f}")
@@ -132,6 +135,14 @@ def cmd_gallery(args) -> int:
             if args.value is not None:
                 gallery.threshold = args.value
             print(f"threshold {gallery.threshold:.4f}")
+        elif args.action == "calibrate":
+            from tledge.evaluate import calibrate
+
+            res = calibrate(gallery, args.far)
+            gallery.threshold = res["threshold"]
+            print(f"threshold set to {res['threshold']:.4f}: accepts {args.far:.0%} of "
+                  f"impostors and {res['genuine_accepted']:.0%} of genuine samples "
+                  f"(leave-one-out over {res['samples']} samples)")
         elif args.action == "reembed":
             n = gallery.reembed(embedder)
             print(f"re-embedded {n} samples with {embedder.info.describe()}")
@@ -173,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let torchvision download weights that are not available offline")
     p.add_argument("--parity-images", type=Path, help="folder of images for the parity check")
     p.add_argument("--threshold", type=float, help="default open-set threshold to record")
+    p.add_argument("--checkpoint", type=Path, help="a `tledge finetune` run directory to export")
+    p.add_argument("--no-centering", action="store_true",
+                   help="with --checkpoint: plain L2 normalisation instead of CL2N centring")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("enroll", help="add classes to a gallery from images (no training)")
@@ -202,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in (("info", "summary as JSON"), ("list", "classes and sample counts"),
                         ("remove", "delete a class"), ("rename", "rename a class"),
                         ("threshold", "show or set the open-set threshold"),
+                        ("calibrate", "set the threshold from the gallery's own samples"),
                         ("reembed", "re-embed stored crops with another model")):
         a = actions.add_parser(name, help=help_)
         a.add_argument("--gallery", "-g", type=Path, required=True)
@@ -214,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("new")
         elif name == "threshold":
             a.add_argument("value", type=float, nargs="?")
+        elif name == "calibrate":
+            a.add_argument("--far", type=float, default=0.05,
+                           help="false-accept rate to allow (default 0.05)")
+
+    from tledge.cli_train import add_parsers
+
+    add_parsers(sub, _model_args)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the shipped sample images")
     p.add_argument("--workdir", type=Path, default=Path("tledge-demo"))

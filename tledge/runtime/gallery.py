@@ -180,12 +180,28 @@ class Gallery:
         if not rgb:
             raise ImageError(f"no readable images to enroll for {label!r}")
         vectors = embedder.embed(rgb, progress=progress)
-        crops = [encode_jpeg(im) for im in rgb]
+        result.added = self.enroll_vectors(label, vectors, [encode_jpeg(im) for im in rgb], sources)
+        return result
+
+    def enroll_vectors(self, label: str, vectors: np.ndarray,
+                       crops: Sequence[bytes | None] | None = None,
+                       sources: Sequence[str] | None = None) -> int:
+        """Add already-embedded samples (n, dim) of this gallery's model to ``label``.
+
+        Without crops the samples cannot be re-embedded for another model later.
+        """
+        validate_label(label)
+        vectors = np.asarray(vectors, np.float32)
+        dim = int(self.store.meta()["dim"])
+        if vectors.ndim != 2 or vectors.shape[1] != dim or not len(vectors):
+            raise GalleryError(f"expected embeddings of shape (n, {dim}), got {vectors.shape}")
+        n = len(vectors)
+        crops = list(crops) if crops is not None else [None] * n
+        sources = list(sources) if sources is not None else [""] * n
         before = self.store.generation()
         class_id, ids = self.store.add_samples(label, vectors, crops, sources)
         self._after_add(before, np.array(ids, np.int64), class_id, vectors, label)
-        result.added = len(ids)
-        return result
+        return len(ids)
 
     def _after_add(self, before: int, ids: np.ndarray, class_id: int, vectors: np.ndarray,
                    label: str) -> None:
@@ -229,6 +245,12 @@ class Gallery:
 
     def classes(self) -> list[ClassInfo]:
         return self.store.classes()
+
+    def vectors(self) -> tuple[list[str], np.ndarray]:
+        """(label per sample, embeddings (n, dim)) from the database, the source of truth."""
+        _, _, class_ids, vecs = self.store.load_vectors(int(self.store.meta()["dim"]))
+        names = self.store.class_labels()
+        return [names[int(c)] for c in class_ids], vecs
 
     def crops(self, label: str) -> list[bytes]:
         return [crop for _, _, crop in self.store.crops(label) if crop is not None]

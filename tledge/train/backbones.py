@@ -32,19 +32,42 @@ class BackboneSpec:
     load: Callable[[nn.Module, dict], None] = field(default=lambda m, sd: m.load_state_dict(sd))
 
 
-class Backbone(nn.Module):
-    """Adapter giving any network the backbone protocol."""
+class GlobalAvgPool(nn.Module):
+    """(n, c, h, w) -> (n, c)."""
 
-    def __init__(self, name: str, features: nn.Module, classifier: nn.Module | None,
-                 dim: int, blocks: list[nn.Module]) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class Backbone(nn.Module):
+    """``stages`` run in sequence, then ``pool`` gives the embedding; ``classifier`` optional.
+
+    The stage list is what partial fine-tuning unfreezes from the end, and where cached
+    training splits the network into a frozen trunk and a trainable rest.
+    """
+
+    def __init__(self, name: str, stages: list[nn.Module], pool: nn.Module | None,
+                 classifier: nn.Module | None, dim: int) -> None:
         super().__init__()
         self.name, self.dim = name, dim
-        self.body = features
+        self.stages = nn.ModuleList(stages)
+        self.pool = pool if pool is not None else GlobalAvgPool()
         self.classifier = classifier
-        self._blocks = blocks
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        return self.forward_from(x, 0)
+
+    def forward_until(self, x: torch.Tensor, stop: int) -> torch.Tensor:
+        """Run stages [0, stop): the frozen trunk's output."""
+        for stage in self.stages[:stop]:
+            x = stage(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Run stages [start, end) and pool: (n, dim)."""
+        for stage in self.stages[start:]:
+            x = stage(x)
+        return self.pool(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.classifier is None:
@@ -52,7 +75,7 @@ class Backbone(nn.Module):
         return self.classifier(self.forward_features(x))
 
     def blocks(self) -> list[nn.Module]:
-        return list(self._blocks)
+        return list(self.stages)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -104,36 +127,25 @@ def _mobilenet_v2() -> Backbone:
     from torchvision.models import mobilenet_v2
 
     net = mobilenet_v2(weights=None)
-    body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-    return Backbone("mobilenet_v2", body, net.classifier, 1280, list(net.features))
+    return Backbone("mobilenet_v2", list(net.features), None, net.classifier, 1280)
 
 
 def _load_mobilenet_v2(model: Backbone, state: dict) -> None:
-    renamed = {("body.0." + k[len("features."):]) if k.startswith("features.") else k: v
-               for k, v in state.items()}
-    model.load_state_dict(renamed)
+    model.load_state_dict({("stages." + k[len("features."):]) if k.startswith("features.") else k: v
+                           for k, v in state.items()})
 
 
 def _efficientnet_lite0() -> Backbone:
-    from tledge.train.efficientnet_lite import EfficientNetLite0
+    from tledge.train.efficientnet_lite import FEATURE_DIM, lite0_stages
 
-    net = EfficientNetLite0()
-    head = nn.Sequential(net._dropout, net._fc)
-
-    class Body(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net.forward_features(x)
-
-    blocks = [net._conv_stem, *net._blocks, net._conv_head]
-    return Backbone("efficientnet_lite0", Body(), head, 1280, blocks)
+    head = nn.Sequential(nn.Dropout(0.2), nn.Linear(FEATURE_DIM, 1000))
+    return Backbone("efficientnet_lite0", lite0_stages(), None, head, FEATURE_DIM)
 
 
 def _load_efficientnet_lite0(model: Backbone, state: dict) -> None:
-    model.body.net.load_state_dict(state)
+    from tledge.train.efficientnet_lite import remap_lite0_keys
+
+    model.load_state_dict(remap_lite0_keys(state))
 
 
 def _tiny() -> Backbone:
@@ -145,9 +157,8 @@ def _tiny() -> Backbone:
         layers.append(nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
                                     nn.BatchNorm2d(cout), nn.ReLU(inplace=True)))
         cin = cout
-    body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     torch.random.set_rng_state(gen_state)
-    return Backbone("tiny", body, None, 32, layers)
+    return Backbone("tiny", layers, None, None, 32)
 
 
 _IMAGENET = "ImageNet-1k classification (IMAGENET1K_V1)"

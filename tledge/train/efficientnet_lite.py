@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0 with EfficientNet-PyTorch parameter names, so the published
-``efficientnet-lite0-57934424.pth`` loads as is.
+"""EfficientNet-Lite0 as a sequence of stages; the published ``efficientnet-lite0-57934424.pth``
+(EfficientNet-PyTorch parameter names) loads through ``remap_lite0_keys``.
 
 Lite = EfficientNet-B0 without squeeze-excitation, with ReLU6 and a fixed stem/head, as
 designed for mobile accelerators. Convolutions pad like TensorFlow's ``SAME`` (asymmetric
@@ -55,32 +55,44 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
-    """(n, 3, 224, 224) -> ``forward_features`` (n, 1280) -> ``_fc`` logits (n, 1000)."""
+class ConvBNReLU6(nn.Module):
+    """The stem and the head: one convolution, batch norm, ReLU6."""
 
-    feature_dim = 1280
-
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
         super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, **BN)
-        blocks, cin = [], 32
-        for repeats, kernel, stride, expand, cout in STAGES:
-            for i in range(repeats):
-                blocks.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
-                cin = cout
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(cin, self.feature_dim, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(self.feature_dim, **BN)
-        self._dropout = nn.Dropout(dropout)
-        self._fc = nn.Linear(self.feature_dim, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        self.conv = SameConv2d(cin, cout, kernel, stride, bias=False)
+        self.bn = nn.BatchNorm2d(cout, **BN)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fc(self._dropout(self.forward_features(x)))
+        return F.relu6(self.bn(self.conv(x)))
+
+
+FEATURE_DIM = 1280
+
+
+def lite0_stages() -> list[nn.Module]:
+    """Stem, the 16 MBConv blocks, head: (n, 3, 224, 224) -> (n, 1280, 7, 7) in sequence."""
+    stages: list[nn.Module] = [ConvBNReLU6(3, 32, 3, 2)]
+    cin = 32
+    for repeats, kernel, stride, expand, cout in STAGES:
+        for i in range(repeats):
+            stages.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
+            cin = cout
+    stages.append(ConvBNReLU6(cin, FEATURE_DIM, 1, 1))
+    return stages
+
+
+def remap_lite0_keys(state: dict, n_blocks: int = 16) -> dict:
+    """EfficientNet-PyTorch names -> ``stages.*`` / ``classifier.*`` names."""
+    top = {"_conv_stem.": "stages.0.conv.", "_bn0.": "stages.0.bn.",
+           "_conv_head.": f"stages.{n_blocks + 1}.conv.", "_bn1.": f"stages.{n_blocks + 1}.bn.",
+           "_fc.": "classifier.1."}
+    out = {}
+    for key, value in state.items():
+        if key.startswith("_blocks."):
+            _, idx, rest = key.split(".", 2)
+            out[f"stages.{int(idx) + 1}.{rest}"] = value
+            continue
+        prefix = next((p for p in top if key.startswith(p)), None)
+        out[top[prefix] + key[len(prefix):] if prefix else key] = value
+    return out

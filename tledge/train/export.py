@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tledge import __version__
-from tledge.artifact import ModelInfo
+from tledge.artifact import Head, ModelInfo
 from tledge.errors import TledgeError
 from tledge.train.backbones import get_backbone
 from tledge.train.data import image_files, load_batch
@@ -154,3 +154,46 @@ def parity(model: EmbeddingModel, onnx_path: Path, paths: list[Path]) -> tuple[f
     got = embedder.embed(paths)
     cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     return float(cos.min()), float(cos.mean())
+
+
+def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
+                      options: ExportOptions = ExportOptions(),
+                      centering: bool = True) -> ExportReport:
+    """Export a fine-tuned run's best checkpoint: the embedding (CL2N-centred on the training
+    classes unless ``centering`` is False) plus, for a ``ce`` run, its classifier as the
+    ``classes`` head."""
+    ckpt = load_checkpoint(Path(run_dir))
+    backbone, spec, _ = get_backbone(ckpt["backbone"], pretrained=False)
+    backbone.load_state_dict(ckpt["model"])
+    heads, head_meta = {}, ()
+    if ckpt["config"]["objective"] == "ce":
+        fc = torch.nn.Linear(backbone.dim, len(ckpt["classes"]))
+        fc.load_state_dict({k[len("fc."):]: v for k, v in ckpt["head"].items()})
+        heads = {"classes": fc}
+        head_meta = (Head("classes", tuple(ckpt["classes"]), "classes_probs"),)
+    center = ckpt["center"] if centering else None
+    model = EmbeddingModel(backbone, heads, center).eval()
+    thr = spec.threshold if options.threshold is None else options.threshold
+    info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim,
+                     fingerprint=fingerprint(model, spec.preprocess),
+                     preprocess=spec.preprocess, threshold=float(thr), heads=head_meta,
+                     weights=f"fine-tuned: {Path(run_dir).resolve()} "
+                             f"({ckpt['config']['mode']}/{ckpt['config']['objective']})",
+                     extra={"centering": "cl2n" if center is not None else "l2n"})
+    return export_embedding_model(model, info, Path(output), options)
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The best checkpoint of a run directory, loaded safely (``weights_only=True``)."""
+    from tledge.train.finetune import CHECKPOINT_FORMAT
+
+    path = run_dir / "best.pt" if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise ExportError(f"no checkpoint at {path}; train one with `tledge finetune`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise ExportError(f"{path} is not a readable tledge checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ExportError(f"{path} is not a tledge checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt

@@ -2,7 +2,7 @@
 
 The weights are torchvision's DEFAULT ones, found in the torch hub cache or downloaded
 when the user allows it. The last Linear layer becomes the classifier; what feeds it is the
-pooled embedding.
+pooled embedding. The whole trunk is one stage, so partial fine-tuning is all or nothing.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def _build(name: str) -> Backbone:
     path, linear = _last_linear(net)
     parent = net.get_submodule(path.rsplit(".", 1)[0]) if "." in path else net
     setattr(parent, path.rsplit(".", 1)[-1], nn.Identity())
-    blocks = [m for m in net.children() if any(True for _ in m.parameters())]
-    model = Backbone(name, net, linear, linear.in_features, blocks)
+    # torchvision's forward() pools and flattens itself: one stage, no extra pooling.
+    model = Backbone(name, [net], nn.Identity(), linear, linear.in_features)
     model.linear_path = path
     return model
 
@@ -67,5 +67,5 @@ def _load(model: Backbone, state: dict) -> None:
     head = model.linear_path + "."
     body = {k: v for k, v in state.items() if not k.startswith(head)}
     cls = {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
-    model.body.load_state_dict(body)
+    model.stages[0].load_state_dict(body)
     model.classifier.load_state_dict(cls)

@@ -1,0 +1,106 @@
+"""CLI subcommands for training and evaluation: finetune, split-classes, eval."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from tledge.errors import TledgeError
+
+
+def cmd_finetune(args) -> int:
+    from tledge.train.finetune import FinetuneConfig, finetune
+
+    names = {f.name for f in fields(FinetuneConfig)}
+    config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    summary = finetune(args.data, args.output, config, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    print(f"export it with: tledge export --checkpoint {args.output} --output model.onnx")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from tledge.train.data import split_classes
+
+    base, novel = split_classes(args.data, args.fraction, args.seed, args.output)
+    print(f"{args.output / 'base'}: {len(base)} classes; {args.output / 'novel'}: {len(novel)} "
+          f"classes (symbolic links)")
+    return 0
+
+
+def _episodes(args):
+    from tledge.evaluate import Episodes
+
+    way = None if str(args.way) == "all" else int(args.way)
+    if args.shot < 1 or args.query < 1 or args.episodes < 1:
+        raise TledgeError("--shot, --query and --episodes must be at least 1")
+    return Episodes(way, args.shot, args.query, args.episodes, args.seed)
+
+
+def cmd_eval(args) -> int:
+    from tledge import evaluate
+
+    if args.kind == "fewshot":
+        res = evaluate.fewshot(args.model[0], args.data, _episodes(args), args.unknown,
+                               args.far, args.providers)
+        human = (f"{res['way']}-way {res['shot']}-shot, {res['episodes']} episodes: accuracy "
+                 f"{res['accuracy']:.2%} ± {res['ci95']:.2%} (95% CI)")
+        if "auroc" in res:
+            human += (f"\nopen-set: AUROC {res['auroc']:.3f}; "
+                      f"threshold {res['threshold_at_far']:.3f}"
+                      f" accepts {res['far']:.0%} of unknowns and "
+                      f"{res['known_accepted_at_threshold']:.0%} of correct known answers")
+    else:
+        if len(args.model) != 2:
+            raise TledgeError("eval compare needs exactly two --model options (A then B)")
+        res = evaluate.compare(args.model[0], args.model[1], args.data, _episodes(args),
+                               args.providers)
+        human = (f"{res['way']}-way {res['shot']}-shot, {res['episodes']} paired episodes\n"
+                 f"A {res['a']['model']}: {res['a']['accuracy']:.2%} ± {res['a']['ci95']:.2%}\n"
+                 f"B {res['b']['model']}: {res['b']['accuracy']:.2%} ± {res['b']['ci95']:.2%}\n"
+                 f"B - A: {res['difference']:+.2%} ± {res['difference_ci95']:.2%} (95% CI)")
+    print(json.dumps(res) if args.json else human)
+    return 0
+
+
+def add_parsers(sub, model_args) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a backbone on DATA/<class>/*.jpg")
+    p.add_argument("data", type=Path)
+    p.add_argument("--output", "-o", type=Path, required=True, help="run directory")
+    p.add_argument("--backbone")
+    p.add_argument("--mode", choices=("head", "partial", "full"))
+    p.add_argument("--unfreeze", type=int, help="partial: how many final stages to train")
+    p.add_argument("--objective", choices=("ce", "proto", "supcon", "cosface"))
+    for name, typ in (("epochs", int), ("steps-per-epoch", int), ("lr", float),
+                      ("backbone-lr-mult", float), ("weight-decay", float), ("way", int),
+                      ("shot", int), ("query", int), ("views", int), ("val-fraction", float),
+                      ("patience", int), ("seed", int)):
+        p.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--weights", help="start from this state dict instead of the published one")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("split-classes", help="split a dataset's classes into base and novel")
+    p.add_argument("data", type=Path)
+    p.add_argument("--output", "-o", type=Path, required=True)
+    p.add_argument("--fraction", type=float, default=0.67, help="share of classes in base")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("eval", help="evaluate exported models (few-shot, paired comparison)")
+    p.add_argument("kind", choices=("fewshot", "compare"))
+    p.add_argument("data", type=Path, help="DATA/<class>/*.jpg")
+    p.add_argument("--model", "-m", type=Path, action="append", required=True,
+                   help="exported model (give two for compare: A then B)")
+    p.add_argument("--providers", default="auto")
+    p.add_argument("--way", default="5", help="classes per episode, or 'all'")
+    p.add_argument("--shot", type=int, default=1)
+    p.add_argument("--query", type=int, default=5)
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unknown", type=Path, help="images of no class, for open-set figures")
+    p.add_argument("--far", type=float, default=0.05, help="false-accept rate for the threshold")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
