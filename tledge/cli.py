@@ -157,6 +157,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_gui(args) -> int:
+    import importlib
+
+    try:  # imported by name: the tledge package itself never imports PySide6
+        app = importlib.import_module("tledge_gui.app")
+    except ImportError as exc:
+        raise TledgeError(f"the desktop app needs the gui extra: pip install \"tledge[gui]\" "
+                          f"({exc})") from exc
+    return app.main(args.gui_args)
+
+
 def cmd_bench(args) -> int:
     from tledge.bench import run_bench
 
@@ -242,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="mobilenet_v2")
     _model_args(p, required=False)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gui", help="the desktop app (options: tledge gui -- --help)",
+                       add_help=False)
+    p.add_argument("gui_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("bench", help="benchmark ONNX Runtime vs PyTorch, end to end, search")
     p.add_argument("--backbone", default="mobilenet_v2")

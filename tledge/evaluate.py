@@ -18,7 +18,7 @@ from tledge.errors import TledgeError
 from tledge.runtime.batch import class_folders
 from tledge.runtime.embedder import Embedder
 from tledge.runtime.gallery import Gallery
-from tledge.runtime.images import is_image_file
+from tledge.runtime.images import list_images
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def embed_folder(embedder: Embedder, root: Path) -> dict[str, np.ndarray]:
 
 
 def embed_unknown(embedder: Embedder, root: Path) -> np.ndarray:
-    files = sorted(p for p in Path(root).rglob("*") if is_image_file(p))
+    files = list_images(root)
     if not files:
         raise TledgeError(f"{root} holds no images to use as unknowns")
     return embedder.embed(files)

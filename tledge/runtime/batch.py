@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tledge.errors import ImageError, SourceError, TledgeError
 from tledge.runtime.gallery import EnrollResult, Gallery
-from tledge.runtime.images import is_image_file
+from tledge.runtime.images import list_images
 from tledge.runtime.recognizer import Recognition, Recognizer
 from tledge.runtime.sources import open_source
 
@@ -23,7 +23,7 @@ def class_folders(root: Path) -> dict[str, list[Path]]:
         raise TledgeError(f"{root} is not a folder of class folders")
     found = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in sub.rglob("*") if is_image_file(p))
+        files = list_images(sub)
         if files:
             found[sub.name] = files
     if not found:

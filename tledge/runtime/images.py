@@ -26,6 +26,18 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not hidden
 
 
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under ``root`` (recursive, following symbolic links), sorted by path."""
+    root = Path(root)
+    if root.is_file():
+        return [root] if is_image_file(root) else []
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / f for f in files if is_image_file(Path(folder) / f)]
+    return sorted(found)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read ``path`` as RGB uint8 (H, W, 3), applying EXIF orientation.
 

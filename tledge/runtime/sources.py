@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge.errors import ImageError, SourceError
-from tledge.runtime.images import IMAGE_SUFFIXES, is_image_file, load_image
+from tledge.runtime.images import IMAGE_SUFFIXES, list_images, load_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 
@@ -98,8 +98,7 @@ class FolderSource(FrameSource):
     def __init__(self, path: Path, loop: bool = False, skip_bad: bool = True) -> None:
         self.path, self.loop, self.skip_bad = path, loop, skip_bad
         self.description = f"images {path}"
-        found = [path] if path.is_file() else (p for p in path.rglob("*") if is_image_file(p))
-        self.files = sorted(found)
+        self.files = [path] if path.is_file() else list_images(path)
         if not self.files:
             raise SourceError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.errors: list[str] = []

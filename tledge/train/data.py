@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
 from tledge.artifact import Preprocess
-from tledge.runtime.images import is_image_file, load_image
+from tledge.runtime.images import list_images, load_image
 
 _INTERP = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
            "nearest": InterpolationMode.NEAREST}
@@ -44,7 +44,7 @@ def load_batch(paths: Sequence[Path], cfg: Preprocess) -> torch.Tensor:
 
 def image_files(folder: Path, limit: int | None = None) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted by path)."""
-    files = sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
+    files = list_images(folder)
     return files[:limit] if limit else files
 
 

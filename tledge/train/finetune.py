@@ -215,14 +215,16 @@ class _Trainer:
         """(pooled features (n, dim), labels) of clean views."""
         self.backbone.eval()
         if isinstance(source, FT.CachedViews):
-            parts = [self._pooled(source.x[i:i + 256]) for i in range(0, len(source.x), 256)]
+            step = FT.CACHE_BATCH * 4
+            parts = [self._pooled(source.x[i:i + step]) for i in range(0, len(source.x), step)]
             return torch.cat(parts).float().cpu(), source.labels
         from tledge.train.data import load_batch
 
         cfg = FT.backbone_cfg(self.backbone)
         files = list(source.files)
-        parts = [self.backbone.forward_features(load_batch(files[i:i + 32], cfg).to(self.device))
-                 for i in range(0, len(files), 32)]
+        step = FT.CACHE_BATCH
+        parts = [self.backbone.forward_features(load_batch(files[i:i + step], cfg).to(self.device))
+                 for i in range(0, len(files), step)]
         return torch.cat(parts).float().cpu(), source.labels
 
     def validate(self, train_src, val_src) -> tuple[float, np.ndarray, float | None]:

@@ -1,0 +1,1 @@
+"""The tledge desktop app (PySide6). It holds no ML logic: it calls ``tledge.runtime``."""
