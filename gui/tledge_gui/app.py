@@ -12,6 +12,14 @@ from PySide6.QtWidgets import QApplication
 from tledge_gui.main_window import MainWindow
 
 
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--roi wants X,Y,W,H in pixels, got {text!r}") from exc
+    return x, y, w, h
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tledge-gui", description="Enroll and recognise objects live.")
     p.add_argument("--model", "-m", help="exported .onnx model (default: the last one used)")
@@ -19,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", "-s", help="webcam index (0), video file or image folder")
     p.add_argument("--kiosk", action="store_true", help="full screen, enrollment locked")
     p.add_argument("--pin", help="kiosk: PIN that unlocks enrollment (Ctrl+E)")
+    p.add_argument("--roi", type=_roi, help="region of interest in frame pixels: X,Y,W,H")
     p.add_argument("--screenshot", type=Path, help="save the window after the first result")
     p.add_argument("--exit-after", type=float, help="quit after this many seconds")
     return p
@@ -33,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     gallery = args.gallery or (settings.value("gallery") if not args.model else None)
     window = MainWindow(str(source), model, gallery, kiosk=args.kiosk, pin=args.pin,
                         settings=settings)
+    if args.roi:
+        window.set_roi(args.roi)
     if settings.value("geometry") is not None and not args.kiosk:
         window.restoreGeometry(settings.value("geometry"))
     if args.screenshot:
@@ -45,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         window.resize(1180, 700)
         window.show()
-    return app.exec()
+    code = app.exec()
+    # Tear the widgets down while Python is fully alive: PySide6 6.12 can abort in its own
+    # finaliser ("bool_dealloc") if they are left to interpreter shutdown.
+    window.deleteLater()
+    app.processEvents()
+    del window
+    app.shutdown()
+    return code
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ class MainWindow(QMainWindow):
         self.worker.status.connect(self._on_status)
         self.worker.error.connect(self.show_error)
         self.worker.job_done.connect(self._on_job_done)
-        self.view.roi_changed.connect(lambda roi: setattr(self.worker, "roi", roi))
+        self.view.roi_changed.connect(self.set_roi)
         self.thread.start()
 
     def stop_worker(self) -> None:
@@ -323,6 +323,14 @@ class MainWindow(QMainWindow):
                                               "Media (*.mp4 *.avi *.mov *.mkv *.jpg *.png)")
         if path:
             self.set_source(path)
+
+    def set_roi(self, roi: tuple[int, int, int, int] | None) -> None:
+        """Recognise (and capture) only this part of the frame; None for the whole frame."""
+        self.view.roi = roi
+        self.worker.roi = roi
+        if self.worker.recognizer is not None:
+            self.worker.recognizer.reset()
+        self.view.update()
 
     def set_source(self, source: str) -> None:
         self.source = source

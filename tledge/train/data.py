@@ -27,6 +27,7 @@ def eval_transform(cfg: Preprocess) -> v2.Compose:
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(cfg.mean), list(cfg.std)),
+        v2.ToPureTensor(),  # a tv_tensors.Image would route every later op through Python
     ])
 
 
@@ -124,6 +125,7 @@ def train_transform(cfg: Preprocess, strength: float = 1.0) -> v2.Compose:
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(cfg.mean), list(cfg.std)),
+        v2.ToPureTensor(),  # a tv_tensors.Image would route every later op through Python
     ])
 
 
