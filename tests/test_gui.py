@@ -121,3 +121,11 @@ def other_model(tiny_model, tmp_path):
     path = tmp_path / "other.onnx"
     onnx.save(proto, str(path))
     return path
+
+
+def test_tledge_gui_passes_its_arguments_to_the_app(capsys):
+    from tledge.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["gui", "--help"])
+    assert exc.value.code == 0 and "--kiosk" in capsys.readouterr().out

@@ -157,15 +157,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_gui(args) -> int:
+def run_gui(gui_args: list[str]) -> int:
+    """``tledge gui ARGS``: hand every argument to the app's own parser."""
     import importlib
 
     try:  # imported by name: the tledge package itself never imports PySide6
         app = importlib.import_module("tledge_gui.app")
     except ImportError as exc:
-        raise TledgeError(f"the desktop app needs the gui extra: pip install \"tledge[gui]\" "
-                          f"({exc})") from exc
-    return app.main(args.gui_args)
+        print(f"error: the desktop app needs the gui extra: pip install \"tledge[gui]\" ({exc})",
+              file=sys.stderr)
+        return 1
+    return app.main(gui_args)
 
 
 def cmd_bench(args) -> int:
@@ -254,10 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, required=False)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("gui", help="the desktop app (options: tledge gui -- --help)",
-                       add_help=False)
-    p.add_argument("gui_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_gui)
+    sub.add_parser("gui", help="the desktop app (see tledge gui --help)", add_help=False)
 
     p = sub.add_parser("bench", help="benchmark ONNX Runtime vs PyTorch, end to end, search")
     p.add_argument("--backbone", default="mobilenet_v2")
@@ -274,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gui"]:
+        return run_gui(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "enroll" and args.label and not args.images:

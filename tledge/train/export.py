@@ -173,7 +173,8 @@ def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
         head_meta = (Head("classes", tuple(ckpt["classes"]), "classes_probs"),)
     center = ckpt["center"] if centering else None
     model = EmbeddingModel(backbone, heads, center).eval()
-    thr = spec.threshold if options.threshold is None else options.threshold
+    thr = ckpt.get("threshold_cl2n" if center is not None else "threshold_l2n", spec.threshold)
+    thr = thr if options.threshold is None else options.threshold
     info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim,
                      fingerprint=fingerprint(model, spec.preprocess),
                      preprocess=spec.preprocess, threshold=float(thr), heads=head_meta,

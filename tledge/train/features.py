@@ -18,7 +18,6 @@ from tledge.runtime.images import load_image
 from tledge.train.backbones import Backbone
 from tledge.train.data import LabelledImages, eval_transform, train_transform
 
-
 # Small batches: on CPU, activations over ~32 MB are mmap'ed afresh by glibc on every call
 # and the page faults cost more than the convolutions (measured: 27 ms/image at batch 4,
 # 72 ms/image at batch 64 on this project's 2-core machines).
@@ -32,6 +31,7 @@ class CachedViews:
     x: torch.Tensor
     labels: np.ndarray
     image: np.ndarray
+    anchor: torch.Tensor | None = None  # the pretrained embedding of each item (n_items, dim)
 
 
 @torch.no_grad()

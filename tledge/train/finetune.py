@@ -46,6 +46,8 @@ class FinetuneConfig:
     shot: int = 4                     # images per class in a batch (proto: support shots)
     query: int = 4                    # proto only: queries per class
     views: int = 2                    # augmented views cached per image (head/partial)
+    anchor: float = 1.0               # weight of 1 - cos(new, pretrained embedding): keeps
+                                      # what ImageNet taught while adapting (0 disables)
     val_fraction: float = 0.2
     patience: int = 4
     seed: int = 0
@@ -129,10 +131,13 @@ def finetune(data_root: Path, run_dir: Path, config: FinetuneConfig, resume: boo
     log = RunLog(run_dir)
     first_epoch = trainer.load(run_dir / "last.pt", log) if resume else 0
     source_data = train_views if cached else train
+    if config.anchor:
+        trainer.anchors(source_data)
     if first_epoch == 0:  # the pretrained model is the baseline to beat (epoch -1)
         acc, confusion, ce_acc = trainer.validate(train_clean or train, val_clean or val)
         if log.add(-1, float("nan"), acc, ce_acc, 0.0, 0.0, confusion):
-            trainer.save_best(run_dir / "best.pt", data.classes, spec.name, train_clean or train)
+            trainer.save_best(run_dir / "best.pt", data.classes, spec.name, train_clean or train,
+                              val_clean or val)
     bar = tqdm(range(first_epoch, config.epochs), desc="epochs", disable=None)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -142,7 +147,8 @@ def finetune(data_root: Path, run_dir: Path, config: FinetuneConfig, resume: boo
                            time.perf_counter() - t0, confusion)
         bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.3f}")
         if improved:
-            trainer.save_best(run_dir / "best.pt", data.classes, spec.name, train_clean or train)
+            trainer.save_best(run_dir / "best.pt", data.classes, spec.name, train_clean or train,
+                              val_clean or val)
         trainer.save_last(run_dir / "last.pt", epoch, log)
         if log.stale_epochs() >= config.patience:
             break
@@ -171,6 +177,20 @@ class _Trainer:
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_from(x.to(self.device), self.start)
 
+    def anchors(self, source) -> None:
+        """Remember the pretrained embedding of every training input (before any step)."""
+        import copy
+
+        self.frozen = copy.deepcopy(self.backbone).eval()
+        if isinstance(source, FT.CachedViews):
+            source.anchor, _ = self.embed(source)
+
+    def _anchor_loss(self, pooled: torch.Tensor, x: torch.Tensor, anchor) -> torch.Tensor:
+        if anchor is None:
+            with torch.no_grad():
+                anchor = self.frozen.forward_from(x.to(self.device), self.start)
+        return (1.0 - F.cosine_similarity(pooled, anchor.to(pooled.device), dim=1)).mean()
+
     def _loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         obj = self.c.objective
         if obj in ("ce", "cosface"):
@@ -188,20 +208,23 @@ class _Trainer:
                                  query, self.c.steps_per_epoch, self.c.seed * 1000 + epoch)
         if isinstance(source, FT.CachedViews):
             for idx in sampler:
-                yield source.x[idx], torch.as_tensor(labels[idx])
+                yield source.x[idx], torch.as_tensor(labels[idx]), source.anchor[idx]
         else:
             ds = ImageDataset(source, train_transform(FT.backbone_cfg(self.backbone)))
             for idx in sampler:
                 items = [ds[i] for i in idx]
-                yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+                yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]), None
 
     def epoch(self, source, epoch: int) -> float:
         self.backbone.train()
         FT.freeze_batchnorm(self.backbone)
         losses = []
-        for x, y in self._batches(source, epoch):
+        for x, y, anchor in self._batches(source, epoch):
             with torch.autocast(self.device.type, enabled=self.amp):
-                loss = self._loss(self._pooled(x), y.to(self.device))
+                pooled = self._pooled(x)
+                loss = self._loss(pooled, y.to(self.device))
+                if self.c.anchor:
+                    loss = loss + self.c.anchor * self._anchor_loss(pooled, x, anchor)
             self.optim.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optim)
@@ -264,12 +287,34 @@ class _Trainer:
             accs.append(float((pred == labels[query]).mean()))
         return float(np.mean(accs))
 
-    def save_best(self, path: Path, classes, backbone_name: str, train_src) -> None:
+    def save_best(self, path: Path, classes, backbone_name: str, train_src, val_src) -> None:
         pooled, _ = self.embed(train_src)
+        center = pooled.mean(0)
         torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(self.c),
                     "backbone": backbone_name, "classes": list(classes),
                     "model": self.backbone.state_dict(), "head": self.head.state_dict(),
-                    "center": pooled.mean(0)}, path)
+                    "center": center,
+                    "threshold_cl2n": self._threshold(train_src, val_src, center),
+                    "threshold_l2n": self._threshold(train_src, val_src, None)}, path)
+
+    def _threshold(self, train_src, val_src, center, far: float = 0.05) -> float:
+        """Open-set threshold accepting ``far`` of impostors: validation images scored
+        against the prototypes of the other classes (held-out classes: among themselves)."""
+        va, va_y = self.embed(val_src)
+        if self.disjoint:
+            protos_x, protos_y = va, va_y
+        else:
+            protos_x, protos_y = self.embed(train_src)
+
+        def unit(x):
+            return F.normalize(x - center if center is not None else x, dim=1)
+
+        classes = np.unique(protos_y)
+        protos = F.normalize(torch.stack([unit(protos_x[protos_y == c]).mean(0)
+                                          for c in classes]), dim=1)
+        scores = (unit(va) @ protos.T).numpy()
+        scores[np.arange(len(va_y)), np.searchsorted(classes, va_y)] = -np.inf
+        return float(np.quantile(scores.max(1), 1.0 - far))
 
     def save_last(self, path: Path, epoch: int, log: RunLog) -> None:
         torch.save({"epoch": epoch, "model": self.backbone.state_dict(),
