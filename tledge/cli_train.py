@@ -74,8 +74,8 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--objective", choices=("ce", "proto", "supcon", "cosface"))
     for name, typ in (("epochs", int), ("steps-per-epoch", int), ("lr", float),
                       ("backbone-lr-mult", float), ("weight-decay", float), ("way", int),
-                      ("anchor", float), ("shot", int), ("query", int), ("views", int), ("val-fraction", float),
-                      ("patience", int), ("seed", int)):
+                      ("anchor", float), ("shot", int), ("query", int), ("views", int),
+                      ("val-fraction", float), ("patience", int), ("seed", int)):
         p.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--weights", help="start from this state dict instead of the published one")
