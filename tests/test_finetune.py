@@ -29,11 +29,14 @@ def dataset(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("mode,objective", [("head", "ce"), ("partial", "proto"),
-                                            ("partial", "supcon"), ("full", "cosface")])
-def test_modes_and_objectives_write_a_run(dataset, tmp_path, mode, objective):
+@pytest.mark.parametrize("mode,objective,anchor", [("head", "ce", 1.0), ("partial", "proto", 1.0),
+                                                   ("partial", "proto", 0.0),
+                                                   ("partial", "supcon", 1.0),
+                                                   ("full", "cosface", 1.0), ("full", "ce", 0.0)])
+def test_modes_and_objectives_write_a_run(dataset, tmp_path, mode, objective, anchor):
     run = tmp_path / "run"
-    summary = finetune(dataset, run, FinetuneConfig(mode=mode, objective=objective, unfreeze=1, **FAST))
+    config = FinetuneConfig(mode=mode, objective=objective, unfreeze=1, anchor=anchor, **FAST)
+    summary = finetune(dataset, run, config)
     assert summary["epochs_run"] >= 2
     for name in ("config.json", "best.pt", "last.pt", "metrics.csv", "curves.png"):
         assert (run / name).is_file(), name

@@ -129,10 +129,10 @@ def finetune(data_root: Path, run_dir: Path, config: FinetuneConfig, resume: boo
         optim, schedule(total, int(config.warmup_epochs * config.steps_per_epoch)))
     trainer = _Trainer(config, backbone, head, start, device, optim, sched, disjoint)
     log = RunLog(run_dir)
-    first_epoch = trainer.load(run_dir / "last.pt", log) if resume else 0
     source_data = train_views if cached else train
-    if config.anchor:
+    if config.anchor:  # before a resume loads trained weights: anchors are the pretrained ones
         trainer.anchors(source_data)
+    first_epoch = trainer.load(run_dir / "last.pt", log) if resume else 0
     if first_epoch == 0:  # the pretrained model is the baseline to beat (epoch -1)
         acc, confusion, ce_acc = trainer.validate(train_clean or train, val_clean or val)
         if log.add(-1, float("nan"), acc, ce_acc, 0.0, 0.0, confusion):
@@ -208,7 +208,8 @@ class _Trainer:
                                  query, self.c.steps_per_epoch, self.c.seed * 1000 + epoch)
         if isinstance(source, FT.CachedViews):
             for idx in sampler:
-                yield source.x[idx], torch.as_tensor(labels[idx]), source.anchor[idx]
+                anchor = source.anchor[idx] if source.anchor is not None else None
+                yield source.x[idx], torch.as_tensor(labels[idx]), anchor
         else:
             ds = ImageDataset(source, train_transform(FT.backbone_cfg(self.backbone)))
             for idx in sampler:

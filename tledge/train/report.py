@@ -10,6 +10,11 @@ import numpy as np
 FIELDS = ("epoch", "train_loss", "val_accuracy", "val_head_accuracy", "lr", "seconds")
 
 
+def _selection(row: dict) -> float:
+    """The model-selection score: the classifier head's accuracy when there is one."""
+    return row["val_head_accuracy"] if row["val_head_accuracy"] != "" else row["val_accuracy"]
+
+
 class RunLog:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -18,23 +23,24 @@ class RunLog:
 
     def add(self, epoch: int, loss: float, acc: float, head_acc: float | None, lr: float,
             seconds: float, confusion: np.ndarray) -> bool:
-        """Record an epoch; True when it is the best validation accuracy so far."""
-        improved = not self.rows or acc > max(r["val_accuracy"] for r in self.rows) + 1e-9
-        self.rows.append({"epoch": epoch, "train_loss": loss, "val_accuracy": acc,
-                          "val_head_accuracy": head_acc if head_acc is not None else "",
-                          "lr": lr, "seconds": seconds})
+        """Record an epoch; True when its selection score is the best so far."""
+        row = {"epoch": epoch, "train_loss": loss, "val_accuracy": acc,
+               "val_head_accuracy": head_acc if head_acc is not None else "",
+               "lr": lr, "seconds": seconds}
+        improved = not self.rows or _selection(row) > max(map(_selection, self.rows)) + 1e-9
+        self.rows.append(row)
         if improved:
             self.best_confusion = confusion
         self._write_csv()
         return improved
 
     def stale_epochs(self) -> int:
-        accs = [r["val_accuracy"] for r in self.rows]
+        accs = [_selection(r) for r in self.rows]
         return len(accs) - 1 - int(np.argmax(accs)) if accs else 0
 
     def summary(self) -> dict:
-        best = max(self.rows, key=lambda r: r["val_accuracy"])
-        return {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"],
+        best = max(self.rows, key=_selection)
+        return {"best_epoch": best["epoch"], "best_val_accuracy": _selection(best),
                 "epochs_run": len(self.rows),
                 "train_seconds": float(sum(r["seconds"] for r in self.rows)),
                 "run_dir": str(self.run_dir)}
