@@ -77,3 +77,17 @@ def video(tmp_path, query_files):
             writer.write(np.ascontiguousarray(frame))
     writer.release()
     return path
+
+
+@pytest.fixture()
+def other_model(tiny_model, tmp_path):
+    """The same graph under another fingerprint, as a model with other weights would have."""
+    import onnx
+
+    proto = onnx.load(str(tiny_model))
+    for prop in proto.metadata_props:
+        if prop.key == "tledge.fingerprint":
+            prop.value = "e" * 64
+    path = tmp_path / "other.onnx"
+    onnx.save(proto, str(path))
+    return path

@@ -9,7 +9,6 @@ pytest.importorskip("PySide6")
 pytestmark = pytest.mark.gui
 
 from PySide6.QtCore import QSettings  # noqa: E402
-
 from tledge_gui.main_window import MainWindow  # noqa: E402
 
 
@@ -108,19 +107,6 @@ def test_app_entry_point_takes_a_screenshot(tmp_path, tiny_model, video):
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert shot.is_file() and shot.stat().st_size > 10_000
-
-
-@pytest.fixture()
-def other_model(tiny_model, tmp_path):
-    import onnx
-
-    proto = onnx.load(str(tiny_model))
-    for prop in proto.metadata_props:
-        if prop.key == "tledge.fingerprint":
-            prop.value = "e" * 64
-    path = tmp_path / "other.onnx"
-    onnx.save(proto, str(path))
-    return path
 
 
 def test_tledge_gui_passes_its_arguments_to_the_app(capsys):

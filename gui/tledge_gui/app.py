@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # finaliser ("bool_dealloc") if they are left to interpreter shutdown.
     window.deleteLater()
     app.processEvents()
-    del window
+    window = None  # drop the last reference before the application shuts down
     app.shutdown()
     return code
 

@@ -7,9 +7,23 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QThread, QTimer
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QInputDialog, QLabel,
-                               QLineEdit, QListView, QListWidget, QListWidgetItem, QMainWindow,
-                               QPushButton, QSlider, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from tledge.errors import TledgeError
 from tledge.runtime import Embedder, Gallery, Recognizer
@@ -255,7 +269,8 @@ class MainWindow(QMainWindow):
     def _start_countdown(self, seconds: int = 3) -> None:
         self.countdown_button.setEnabled(False)
         for i in range(seconds):
-            QTimer.singleShot(1000 * i, lambda n=seconds - i: self.countdown_button.setText(f"{n}…"))
+            label = f"{seconds - i}…"
+            QTimer.singleShot(1000 * i, lambda text=label: self.countdown_button.setText(text))
         for k in range(self.shots_spin.value()):
             QTimer.singleShot(1000 * seconds + 300 * k, self.capture_shot)
         QTimer.singleShot(1000 * seconds + 300 * self.shots_spin.value(), self._countdown_done)
