@@ -67,7 +67,10 @@ def cmd_export(args) -> int:
 def cmd_enroll(args) -> int:
     from tledge.runtime import Gallery
     from tledge.runtime.batch import class_folders, enroll_folder
+    from tledge.runtime.gallery import validate_label
 
+    if args.label is not None:
+        validate_label(args.label)  # before anything is created on disk
     embedder = _embedder(args)
     with Gallery.open_or_create(args.gallery, embedder) as gallery:
         if args.folder:
@@ -95,6 +98,7 @@ def cmd_recognize(args) -> int:
     from tledge.runtime.batch import recognize_sources
 
     embedder = _embedder(args)
+    embedder.warmup()  # so the first image's reported latency is not the session's start-up
     with Gallery.open(args.gallery, embedder) as gallery:
         gallery.mode = args.mode
         recognizer = Recognizer(embedder, gallery, args.smoothing, args.threshold)
