@@ -74,13 +74,8 @@ class MainWindow(QMainWindow):
         self.model_label = QLabel("no model loaded")
         self.model_label.setWordWrap(True)
         v.addWidget(self.model_label)
-        row = QHBoxLayout()
-        for text, slot in (("Model…", self._pick_model), ("Gallery…", self._pick_gallery),
-                           ("Source…", self._pick_source)):
-            b = QPushButton(text)
-            b.clicked.connect(slot)
-            row.addWidget(b)
-        v.addLayout(row)
+        v.addLayout(_buttons(("Model…", self._pick_model), ("Gallery…", self._pick_gallery),
+                             ("Source…", self._pick_source)))
         self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0, 100)
         self.threshold_label = QLabel("threshold –")
@@ -126,13 +121,8 @@ class MainWindow(QMainWindow):
         self.class_list = QListView()
         self.class_list.setModel(self.gallery_model)
         v.addWidget(self.class_list)
-        row = QHBoxLayout()
-        for text, slot in (("Add shots", self._add_shots), ("Rename", self._rename),
-                           ("Delete", self._delete)):
-            b = QPushButton(text)
-            b.clicked.connect(slot)
-            row.addWidget(b)
-        v.addLayout(row)
+        v.addLayout(_buttons(("Add shots", self._add_shots), ("Rename", self._rename),
+                             ("Delete", self._delete)))
         col.addWidget(self.gallery_box, 1)
         QShortcut(QKeySequence(Qt.Key.Key_Space), self, self.capture_shot)
 
@@ -380,3 +370,13 @@ class MainWindow(QMainWindow):
         if self.gallery is not None:
             self.gallery.close()
         super().closeEvent(event)
+
+
+def _buttons(*pairs) -> QHBoxLayout:
+    """A row of push buttons from (text, slot) pairs."""
+    row = QHBoxLayout()
+    for text, slot in pairs:
+        button = QPushButton(text)
+        button.clicked.connect(slot)
+        row.addWidget(button)
+    return row

@@ -289,23 +289,21 @@ class _Trainer:
         return float(np.mean(accs))
 
     def save_best(self, path: Path, classes, backbone_name: str, train_src, val_src) -> None:
-        pooled, _ = self.embed(train_src)
-        center = pooled.mean(0)
+        train, val = self.embed(train_src), self.embed(val_src)  # once, for all three uses
+        center = train[0].mean(0)
         torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(self.c),
                     "backbone": backbone_name, "classes": list(classes),
                     "model": self.backbone.state_dict(), "head": self.head.state_dict(),
                     "center": center,
-                    "threshold_cl2n": self._threshold(train_src, val_src, center),
-                    "threshold_l2n": self._threshold(train_src, val_src, None)}, path)
+                    "threshold_cl2n": self._threshold(train, val, center),
+                    "threshold_l2n": self._threshold(train, val, None)}, path)
 
-    def _threshold(self, train_src, val_src, center, far: float = 0.05) -> float:
-        """Open-set threshold accepting ``far`` of impostors: validation images scored
-        against the prototypes of the other classes (held-out classes: among themselves)."""
-        va, va_y = self.embed(val_src)
-        if self.disjoint:
-            protos_x, protos_y = va, va_y
-        else:
-            protos_x, protos_y = self.embed(train_src)
+    def _threshold(self, train, val, center, far: float = 0.05) -> float:
+        """Open-set threshold accepting ``far`` of impostors: validation embeddings scored
+        against the prototypes of the other classes (held-out classes: among themselves).
+        ``train`` and ``val`` are (pooled features, labels) from ``embed``."""
+        va, va_y = val
+        protos_x, protos_y = val if self.disjoint else train
 
         def unit(x):
             return F.normalize(x - center if center is not None else x, dim=1)
