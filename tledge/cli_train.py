@@ -12,8 +12,7 @@ from tledge.errors import TledgeError
 def cmd_finetune(args) -> int:
     from tledge.train.finetune import FinetuneConfig, finetune
 
-    names = {f.name for f in fields(FinetuneConfig)}
-    config = FinetuneConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    config = FinetuneConfig(**_config_args(FinetuneConfig, args))
     summary = finetune(args.data, args.output, config, resume=args.resume)
     print(json.dumps(summary, indent=2))
     print(f"export it with: tledge export --checkpoint {args.output} --output model.onnx")
@@ -27,6 +26,30 @@ def cmd_split(args) -> int:
     print(f"{args.output / 'base'}: {len(base)} classes; {args.output / 'novel'}: {len(novel)} "
           f"classes (symbolic links)")
     return 0
+
+
+def cmd_split_images(args) -> int:
+    from tledge.train.data import split_images
+
+    a, b = split_images(args.data, args.fraction, args.seed, args.output)
+    print(f"{args.output / 'adapt'}: {a} images; {args.output / 'eval'}: {b} images "
+          f"(symbolic links, every class split {args.fraction:.0%} / {1 - args.fraction:.0%})")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    from tledge.train.adapt import AdaptConfig, adapt
+
+    config = AdaptConfig(**_config_args(AdaptConfig, args))
+    summary = adapt(args.source, args.target, args.output, config, args.target_eval)
+    print(json.dumps(summary, indent=2))
+    print(f"export it with: tledge export --checkpoint {args.output} --output model.onnx")
+    return 0
+
+
+def _config_args(cls, args) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 def _episodes(args):
@@ -88,6 +111,34 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--fraction", type=float, default=0.67, help="share of classes in base")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("split-images", help="split every class's images in two (adapt / eval)")
+    p.add_argument("data", type=Path)
+    p.add_argument("--output", "-o", type=Path, required=True)
+    p.add_argument("--fraction", type=float, default=0.5, help="share of images in adapt/")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_split_images)
+
+    p = sub.add_parser("adapt", help="adapt a model from labelled source to unlabelled target "
+                                     "images (domain adaptation)")
+    p.add_argument("--source", type=Path, required=True, help="labelled: SOURCE/<class>/*.jpg")
+    p.add_argument("--target", type=Path, required=True,
+                   help="target-domain images (any layout; labels, if any, are ignored)")
+    p.add_argument("--target-eval", type=Path,
+                   help="labelled target images, only to report accuracy (never trained on)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="run directory")
+    p.add_argument("--method", help="none, dann, coral, mcc or adabn")
+    p.add_argument("--backbone")
+    p.add_argument("--select", choices=("im", "source", "last"),
+                   help="checkpoint selection without target labels (default im)")
+    for name, typ in (("unfreeze", int), ("epochs", int), ("steps-per-epoch", int),
+                      ("batch", int), ("lr", float), ("backbone-lr-mult", float),
+                      ("weight-decay", float), ("trade-off", float), ("views", int),
+                      ("val-fraction", float), ("seed", int)):
+        p.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--weights", help="start from this state dict instead of the published one")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("eval", help="evaluate exported models (few-shot, paired comparison)")
     p.add_argument("kind", choices=("fewshot", "compare"))

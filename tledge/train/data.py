@@ -115,6 +115,26 @@ def split_classes(root: Path, fraction: float, seed: int,
     return base, novel
 
 
+def split_images(root: Path, fraction: float, seed: int, output: Path,
+                 parts: tuple[str, str] = ("adapt", "eval")) -> tuple[int, int]:
+    """Split every class's images of ``root`` in two: ``fraction`` of each class to
+    ``output/parts[0]/<class>/``, the rest to ``output/parts[1]/<class>/`` (symbolic links).
+    Returns the image counts of the two parts."""
+    data = LabelledImages.scan(root)
+    first, second = stratified_split(data.labels, 1.0 - fraction, seed)
+    counts = []
+    for part, idx in zip(parts, (first, second)):
+        for i in idx:
+            src = Path(data.files[i]).resolve()
+            folder = output / part / data.classes[data.labels[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            link = folder / src.name
+            if not link.exists():
+                link.symlink_to(src)
+        counts.append(len(idx))
+    return counts[0], counts[1]
+
+
 def train_transform(cfg: Preprocess, strength: float = 1.0) -> v2.Compose:
     """Augmentation for fine-tuning: random resized crop, flip, colour jitter, then normalise."""
     return v2.Compose([

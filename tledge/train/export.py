@@ -159,34 +159,37 @@ def parity(model: EmbeddingModel, onnx_path: Path, paths: list[Path]) -> tuple[f
 def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
                       options: ExportOptions = ExportOptions(),
                       centering: bool = True) -> ExportReport:
-    """Export a fine-tuned run's best checkpoint: the embedding (CL2N-centred on the training
-    classes unless ``centering`` is False) plus, for a ``ce`` run, its classifier as the
-    ``classes`` head."""
+    """Export a training run's best checkpoint (finetune, adapt, multitask): the embedding
+    (CL2N-centred unless ``centering`` is False) plus each of the run's linear heads as a
+    named output ``<head>_probs``."""
     ckpt = load_checkpoint(Path(run_dir))
     backbone, spec, _ = get_backbone(ckpt["backbone"], pretrained=False)
     backbone.load_state_dict(ckpt["model"])
-    heads, head_meta = {}, ()
-    if ckpt["config"]["objective"] == "ce":
-        fc = torch.nn.Linear(backbone.dim, len(ckpt["classes"]))
-        fc.load_state_dict({k[len("fc."):]: v for k, v in ckpt["head"].items()})
-        heads = {"classes": fc}
-        head_meta = (Head("classes", tuple(ckpt["classes"]), "classes_probs"),)
+    heads, head_meta = {}, []
+    for name, head in ckpt.get("heads", {}).items():
+        labels = tuple(head["labels"])
+        heads[name] = torch.nn.Linear(backbone.dim, len(labels))
+        heads[name].load_state_dict(head["state"])
+        head_meta.append(Head(name, labels, f"{name}_probs"))
     center = ckpt["center"] if centering else None
     model = EmbeddingModel(backbone, heads, center).eval()
     thr = ckpt.get("threshold_cl2n" if center is not None else "threshold_l2n", spec.threshold)
     thr = thr if options.threshold is None else options.threshold
+    cfg = ckpt["config"]
+    recipe = "/".join(str(cfg[k]) for k in ("mode", "objective", "method", "weighting")
+                      if k in cfg)
     info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim,
                      fingerprint=fingerprint(model, spec.preprocess),
-                     preprocess=spec.preprocess, threshold=float(thr), heads=head_meta,
-                     weights=f"fine-tuned: {Path(run_dir).resolve()} "
-                             f"({ckpt['config']['mode']}/{ckpt['config']['objective']})",
+                     preprocess=spec.preprocess, threshold=float(thr), heads=tuple(head_meta),
+                     weights=f"{ckpt.get('kind', 'finetune')}: {Path(run_dir).resolve()} "
+                             f"({recipe})",
                      extra={"centering": "cl2n" if center is not None else "l2n"})
     return export_embedding_model(model, info, Path(output), options)
 
 
 def load_checkpoint(run_dir: Path) -> dict:
     """The best checkpoint of a run directory, loaded safely (``weights_only=True``)."""
-    from tledge.train.finetune import CHECKPOINT_FORMAT
+    from tledge.train.runs import CHECKPOINT_FORMAT
 
     path = run_dir / "best.pt" if run_dir.is_dir() else run_dir
     if not path.is_file():

@@ -25,9 +25,9 @@ from tledge.train.backbones import get_backbone
 from tledge.train.data import LabelledImages, class_split, stratified_split
 from tledge.train.losses import OBJECTIVES, CosFaceHead, LinearHead, prototypical_loss, supcon_loss
 from tledge.train.report import RunLog
+from tledge.train.runs import save_checkpoint
 
 MODES = ("head", "partial", "full")
-CHECKPOINT_FORMAT = "tledge-checkpoint-1"
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,24 @@ class FinetuneConfig:
                               "metric objectives need --mode partial or full")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.way < 2 or self.shot < 1:
             raise TledgeError("epochs, steps-per-epoch and shot must be >= 1 and way >= 2")
+
+
+def open_set_threshold(train, val, center, disjoint: bool, far: float = 0.05) -> float:
+    """Open-set threshold accepting ``far`` of impostors: validation embeddings scored
+    against the prototypes of the other classes (held-out classes: among themselves).
+    ``train`` and ``val`` are (pooled features (n, dim), labels (n,))."""
+    va, va_y = val
+    protos_x, protos_y = val if disjoint else train
+
+    def unit(x):
+        return F.normalize(x - center if center is not None else x, dim=1)
+
+    classes = np.unique(protos_y)
+    protos = F.normalize(torch.stack([unit(protos_x[protos_y == c]).mean(0)
+                                      for c in classes]), dim=1)
+    scores = (unit(va) @ protos.T).numpy()
+    scores[np.arange(len(va_y)), np.searchsorted(classes, va_y)] = -np.inf
+    return float(np.quantile(scores.max(1), 1.0 - far))
 
 
 def schedule(total_steps: int, warmup_steps: int):
@@ -290,30 +308,9 @@ class _Trainer:
 
     def save_best(self, path: Path, classes, backbone_name: str, train_src, val_src) -> None:
         train, val = self.embed(train_src), self.embed(val_src)  # once, for all three uses
-        center = train[0].mean(0)
-        torch.save({"format": CHECKPOINT_FORMAT, "config": asdict(self.c),
-                    "backbone": backbone_name, "classes": list(classes),
-                    "model": self.backbone.state_dict(), "head": self.head.state_dict(),
-                    "center": center,
-                    "threshold_cl2n": self._threshold(train, val, center),
-                    "threshold_l2n": self._threshold(train, val, None)}, path)
-
-    def _threshold(self, train, val, center, far: float = 0.05) -> float:
-        """Open-set threshold accepting ``far`` of impostors: validation embeddings scored
-        against the prototypes of the other classes (held-out classes: among themselves).
-        ``train`` and ``val`` are (pooled features, labels) from ``embed``."""
-        va, va_y = val
-        protos_x, protos_y = val if self.disjoint else train
-
-        def unit(x):
-            return F.normalize(x - center if center is not None else x, dim=1)
-
-        classes = np.unique(protos_y)
-        protos = F.normalize(torch.stack([unit(protos_x[protos_y == c]).mean(0)
-                                          for c in classes]), dim=1)
-        scores = (unit(va) @ protos.T).numpy()
-        scores[np.arange(len(va_y)), np.searchsorted(classes, va_y)] = -np.inf
-        return float(np.quantile(scores.max(1), 1.0 - far))
+        heads = {"classes": (list(classes), self.head.fc)} if self.c.objective == "ce" else {}
+        save_checkpoint(path, "finetune", asdict(self.c), backbone_name, list(classes),
+                        self.backbone, heads, train[0].mean(0), train, val, self.disjoint)
 
     def save_last(self, path: Path, epoch: int, log: RunLog) -> None:
         torch.save({"epoch": epoch, "model": self.backbone.state_dict(),
