@@ -41,7 +41,8 @@ def cmd_adapt(args) -> int:
     from tledge.train.adapt import AdaptConfig, adapt
 
     config = AdaptConfig(**_config_args(AdaptConfig, args))
-    summary = adapt(args.source, args.target, args.output, config, args.target_eval)
+    summary = adapt(args.source, args.target, args.output, config, args.target_eval,
+                    args.cache_dir)
     print(json.dumps(summary, indent=2))
     print(f"export it with: tledge export --checkpoint {args.output} --output model.onnx")
     return 0
@@ -61,9 +62,37 @@ def _episodes(args):
     return Episodes(way, args.shot, args.query, args.episodes, args.seed)
 
 
+def cmd_multitask(args) -> int:
+    from tledge.train.multitask import MultitaskConfig, TaskSpec, multitask
+
+    if (args.spec is None) == (args.tree is None):
+        raise TledgeError("give a task CSV (SPEC) or --tree ROOT --levels a,b, not both")
+    if args.tree is not None:
+        if not args.levels:
+            raise TledgeError("--tree needs --levels, e.g. --levels domain,class")
+        spec = TaskSpec.from_tree(args.tree, [s.strip() for s in args.levels.split(",")])
+    else:
+        spec = TaskSpec.from_csv(args.spec)
+    values = _config_args(MultitaskConfig, args)
+    if args.task_weights:
+        values["task_weights"] = tuple(float(w) for w in args.task_weights.split(","))
+    summary = multitask(spec, args.output, MultitaskConfig(**values))
+    print(json.dumps(summary, indent=2))
+    print(f"export it with: tledge export --checkpoint {args.output} --output model.onnx")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from tledge import evaluate
 
+    if args.kind == "classify":
+        res = evaluate.classify(args.model[0], args.data, args.head, args.providers)
+        worst = sorted(res["per_class"].items(), key=lambda kv: kv[1]["accuracy"])[:3]
+        human = (f"head {res['head']!r}: accuracy {res['accuracy']:.2%} on {res['images']} "
+                 f"images ({res['provider']})\nweakest classes: "
+                 + ", ".join(f"{c} {v['accuracy']:.0%}" for c, v in worst))
+        print(json.dumps(res) if args.json else human)
+        return 0
     if args.kind == "fewshot":
         res = evaluate.fewshot(args.model[0], args.data, _episodes(args), args.unknown,
                                args.far, args.providers)
@@ -128,6 +157,8 @@ def add_parsers(sub, model_args) -> None:
                    help="labelled target images, only to report accuracy (never trained on)")
     p.add_argument("--output", "-o", type=Path, required=True, help="run directory")
     p.add_argument("--method", help="none, dann, coral, mcc or adabn")
+    p.add_argument("--cache-dir", type=Path,
+                   help="keep the frozen trunk's features here and reuse them across runs")
     p.add_argument("--backbone")
     p.add_argument("--select", choices=("im", "source", "last"),
                    help="checkpoint selection without target labels (default im)")
@@ -141,7 +172,7 @@ def add_parsers(sub, model_args) -> None:
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("eval", help="evaluate exported models (few-shot, paired comparison)")
-    p.add_argument("kind", choices=("fewshot", "compare"))
+    p.add_argument("kind", choices=("fewshot", "compare", "classify"))
     p.add_argument("data", type=Path, help="DATA/<class>/*.jpg")
     p.add_argument("--model", "-m", type=Path, action="append", required=True,
                    help="exported model (give two for compare: A then B)")
@@ -153,5 +184,24 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unknown", type=Path, help="images of no class, for open-set figures")
     p.add_argument("--far", type=float, default=0.05, help="false-accept rate for the threshold")
+    p.add_argument("--head", help="classify: which head (default: the first)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("multitask", help="train one backbone with a head per task")
+    p.add_argument("spec", type=Path, nargs="?",
+                   help="CSV: image,task1,task2,... (paths relative to the CSV)")
+    p.add_argument("--tree", type=Path, help="instead of a CSV: ROOT/<level1>/<level2>/*.jpg")
+    p.add_argument("--levels", help="with --tree: task names of the folder levels, e.g. "
+                                    "domain,class")
+    p.add_argument("--output", "-o", type=Path, required=True, help="run directory")
+    p.add_argument("--backbone")
+    p.add_argument("--weighting", choices=("fixed", "uncertainty"))
+    p.add_argument("--task-weights", help="fixed weighting: comma-separated, one per task")
+    for name, typ in (("unfreeze", int), ("epochs", int), ("steps-per-epoch", int),
+                      ("batch", int), ("lr", float), ("backbone-lr-mult", float),
+                      ("weight-decay", float), ("views", int), ("val-fraction", float),
+                      ("seed", int)):
+        p.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=cmd_multitask)

@@ -190,3 +190,42 @@ def calibrate(gallery: Gallery, far: float = 0.05) -> dict:
     return {"threshold": thr, "far": far, "samples": len(vecs),
             "genuine_accepted": float(np.mean(np.array(genuine) >= thr)) if genuine else None,
             "auroc": auroc(np.array(genuine), np.array(impostor)) if genuine else None}
+
+
+def classify(model: Path, data: Path, head: str | None = None,
+             providers: str = "auto") -> dict:
+    """Accuracy of one of the model's classification heads over DATA/<class>/*.jpg.
+
+    Class folders are matched to the head's labels by name; a folder the head does not know
+    is an error (it could never be right). One inference per image gives every head.
+    """
+    from tledge.errors import suggest
+
+    embedder = Embedder(model, providers=providers)
+    heads = {h.name: h for h in embedder.info.heads}
+    if not heads:
+        raise TledgeError(f"{model} has no classification head; export a run of `tledge adapt`, "
+                          "`tledge multitask` or `tledge finetune --objective ce`")
+    name = head or next(iter(heads))
+    if name not in heads:
+        raise TledgeError(f"the model has no head {name!r}; it has {sorted(heads)}."
+                          + suggest(name, list(heads)))
+    labels = heads[name].labels
+    folders = class_folders(data)
+    unknown = sorted(set(folders) - set(labels))
+    if unknown:
+        raise TledgeError(f"folders {unknown} are not labels of head {name!r} "
+                          f"({', '.join(labels)})")
+    per_class, correct, total = {}, 0, 0
+    confusion = np.zeros((len(labels), len(labels)), np.int64)
+    for label, files in tqdm(folders.items(), desc="classifying", disable=None, leave=False):
+        probs = embedder.run(files).heads[name]
+        pred = probs.argmax(1)
+        truth = labels.index(label)
+        np.add.at(confusion, (truth, pred), 1)
+        hits = int((pred == truth).sum())
+        per_class[label] = {"accuracy": hits / len(files), "images": len(files)}
+        correct, total = correct + hits, total + len(files)
+    return {"model": str(model), "data": str(data), "head": name, "labels": list(labels),
+            "accuracy": correct / max(1, total), "images": total, "per_class": per_class,
+            "confusion": confusion.tolist(), "provider": embedder.provider}

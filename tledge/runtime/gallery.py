@@ -18,7 +18,7 @@ import numpy as np
 
 from tledge.errors import GalleryError, ImageError
 from tledge.runtime.embedder import Embedder
-from tledge.runtime.gallery_index import VectorIndex
+from tledge.runtime.gallery_index import APPROX_FROM, VectorIndex
 from tledge.runtime.gallery_store import ClassInfo, GalleryStore
 from tledge.runtime.images import check_rgb, encode_jpeg, load_image
 
@@ -147,13 +147,26 @@ class Gallery:
             raise GalleryError(f"threshold {value} must be a cosine similarity in [-1, 1]")
         self.store.set_meta("threshold", str(float(value)))
 
+    @property
+    def approx_from(self) -> int:
+        """Samples from which nearest-sample search uses an approximate (IVF) index."""
+        return int(self.store.meta().get("approx_from", APPROX_FROM))
+
+    @approx_from.setter
+    def approx_from(self, value: int) -> None:
+        if int(value) < 1:
+            raise GalleryError(f"approx_from must be a positive sample count, got {value}")
+        self.store.set_meta("approx_from", str(int(value)))
+        self._index = None  # the next query rebuilds with the new policy
+
     def info(self) -> dict:
         meta = self.store.meta()
         classes = self.classes()
         return {"path": str(self.path), "fingerprint": meta["fingerprint"],
                 "model": json.loads(meta.get("model", "{}")), "dim": int(meta["dim"]),
                 "threshold": float(meta["threshold"]), "classes": len(classes),
-                "samples": sum(c.samples for c in classes), "generation": int(meta["generation"])}
+                "samples": sum(c.samples for c in classes), "generation": int(meta["generation"]),
+                "approx_from": self.approx_from}
 
     # -- changes ---------------------------------------------------------------------------
     def enroll(self, label: str, images: Sequence, skip_bad: bool = False,
@@ -210,6 +223,8 @@ class Gallery:
             index.add(before + 1, ids, class_id, vectors)
             self._labels[class_id] = label
             self._dirty = True
+            if index.needs_rebuild(self.approx_from):
+                self._index = None  # grown past its structure: rebuilt on the next query
         else:
             self._index = None  # someone else wrote too: reload on next use
 
@@ -222,8 +237,14 @@ class Gallery:
         validate_label(new)
         if old not in self.labels():
             raise GalleryError(f"no class named {old!r} in the gallery" + self._hint(old))
+        before = self.store.generation()
         self.store.rename(old, new)
-        self._index = None
+        if self._index is not None and self._index.generation == before:
+            self._index.generation = self.store.generation()  # vectors unchanged: no rebuild
+            self._labels = self.store.class_labels()
+            self._dirty = True
+        else:
+            self._index = None
 
     def reembed(self, embedder: Embedder, progress: Callable[[int], None] | None = None) -> int:
         """Re-embed every stored crop with ``embedder`` and bind the gallery to it."""
@@ -264,7 +285,7 @@ class Gallery:
         cached = VectorIndex.load(self.path / CACHE_NAME, gen, dim)
         if cached is None:
             gen, ids, cls, vecs = self.store.load_vectors(dim)
-            cached = VectorIndex.build(gen, ids, cls, vecs)
+            cached = VectorIndex.build(gen, ids, cls, vecs, self.approx_from)
             self._dirty = True
         self._index, self._labels = cached, self.store.class_labels()
         return cached

@@ -47,13 +47,19 @@ class AdaptConfig:
     lr: float = 1e-3                  # classifier and discriminator
     backbone_lr_mult: float = 0.1     # the unfrozen pretrained stages learn 10x slower
     weight_decay: float = 5e-4
-    trade_off: float = 1.0            # weight of the alignment loss
+    trade_off: float | None = None    # weight of the alignment loss; None: the method's own
     views: int = 2                    # augmented views cached per image
     val_fraction: float = 0.2         # held-out source images
     select: str = "im"
     seed: int = 0
     device: str = "auto"
     weights: str | None = None
+
+    @property
+    def alignment_weight(self) -> float:
+        if self.trade_off is not None:
+            return self.trade_off
+        return A.DEFAULT_WEIGHT.get(self.method, 0.0)
 
     def validate(self) -> None:
         if self.method not in A.METHODS:
@@ -78,7 +84,7 @@ class _Domains:
 
 
 def adapt(source: Path, target: Path, run_dir: Path, config: AdaptConfig,
-          target_eval: Path | None = None) -> dict:
+          target_eval: Path | None = None, cache_dir: Path | None = None) -> dict:
     """Train on ``source`` (class folders) while aligning to ``target`` (images, labels
     ignored); keep the checkpoint chosen by ``config.select``; write the run directory."""
     config.validate()
@@ -100,7 +106,7 @@ def adapt(source: Path, target: Path, run_dir: Path, config: AdaptConfig,
          "source_val_images": len(val_idx), "target_images": len(tgt.files)}, indent=2))
     t0 = time.perf_counter()
     doms = _cache(backbone, start, src.subset(train_idx), src.subset(val_idx), tgt, evl,
-                  config, device)
+                  config, device, cache_dir)
     cache_seconds = time.perf_counter() - t0
     run = _Run(config, backbone, start, len(src.classes), params, device, doms.target_stats)
     before = run.features(doms)
@@ -148,31 +154,78 @@ def _eval_set(folder: Path, classes: tuple[str, ...]) -> LabelledImages:
     return LabelledImages(classes, data.files, remap[data.labels])
 
 
-def _cache(backbone, start, train, val, tgt, evl, config, device) -> _Domains:
-    """Source parts through the pretrained statistics; target parts, unless the method is
-    ``none``, through BatchNorm statistics re-estimated on the target images (AdaBN)."""
-    def cache(part, views, augment, desc):
-        return FT.cache_views(backbone, start, part, views, augment, device, config.seed, desc)
+def _cache(backbone, start, train, val, tgt, evl, config, device,
+           cache_dir: Path | None = None) -> _Domains:
+    """Trunk outputs of every part. ``none`` keeps the pretrained BatchNorm statistics for
+    both domains (the baseline). Every other method uses domain-specific statistics:
+    re-estimated on the source images for source inputs and on the target images for
+    target inputs (AdaBN), and the exported model carries the target's.
 
-    src_views, src_train = cache(train, config.views, True, "source views"), cache(
-        train, 1, False, "source")
-    src_val = cache(val, 1, False, "source val")
-    source_stats = A.batchnorm_stats(backbone)
-    target_stats = source_stats
+    With ``cache_dir``, each part is kept on disk and reused by later runs on the same
+    images (e.g. every method compared on one source/target pair)."""
+    tag = ["pretrained"]
+
+    def cache(part, views, augment, desc):
+        def compute():
+            return FT.cache_views(backbone, start, part, views, augment, device, config.seed,
+                                  desc)
+        if cache_dir is None:
+            return compute()
+        key = json.dumps([config.backbone, config.weights, start, views, augment, config.seed,
+                          tag[0], [str(f) for f in part.files]])
+        return _disk_cached(Path(cache_dir), key, compute)
+
+    target_stats = None
     if config.method != "none":
-        cfg = FT.backbone_cfg(backbone)
-        files = list(tgt.files)
-        batches = (load_batch(files[i:i + 16], cfg).to(device) for i in range(0, len(files), 16))
-        with A.use_batchnorm_stats(backbone, source_stats):
-            A.adapt_batchnorm(backbone, batches, forward=backbone.forward_features)
-            target_stats = A.batchnorm_stats(backbone)
+        target_stats = _estimate_stats(backbone, tgt.files, device)
+        _estimate_stats(backbone, train.files, device)  # the model's own: source statistics
+        tag[0] = "dsbn " + _digest(train.files)
+    src = [cache(train, config.views, True, "source views"), cache(train, 1, False, "source"),
+           cache(val, 1, False, "source val")]
+    if target_stats is None:
+        target_stats = A.batchnorm_stats(backbone)
+    else:
+        tag[0] = "dsbn-target " + _digest(tgt.files)
     with A.use_batchnorm_stats(backbone, target_stats):
-        doms = _Domains(src_views, src_train, src_val,
-                        cache(tgt, config.views, True, "target views"),
+        doms = _Domains(*src, cache(tgt, config.views, True, "target views"),
                         cache(tgt, 1, False, "target"),
                         cache(evl, 1, False, "target eval") if evl else None)
     doms.target_stats = target_stats
     return doms
+
+
+def _estimate_stats(backbone, files, device) -> dict:
+    """Re-estimate the backbone's BatchNorm statistics on ``files`` (in place); a copy."""
+    cfg = FT.backbone_cfg(backbone)
+    files = list(files)
+    batches = (load_batch(files[i:i + 16], cfg).to(device) for i in range(0, len(files), 16))
+    A.adapt_batchnorm(backbone, batches, forward=backbone.forward_features)
+    return A.batchnorm_stats(backbone)
+
+
+def _digest(files) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()[:16]
+
+
+def _disk_cached(folder: Path, key: str, compute) -> FT.CachedViews:
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"views-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    if path.is_file():
+        try:
+            z = torch.load(path, map_location="cpu", weights_only=True)
+            return FT.CachedViews(z["x"], z["labels"].numpy(), z["image"].numpy())
+        except (OSError, RuntimeError, EOFError, KeyError):
+            path.unlink(missing_ok=True)  # unreadable: compute it again
+    views = compute()
+    tmp = path.with_suffix(".tmp")
+    torch.save({"x": views.x, "labels": torch.from_numpy(views.labels),
+                "image": torch.from_numpy(views.image)}, tmp)
+    tmp.replace(path)
+    return views
 
 
 class _Run:
@@ -218,7 +271,7 @@ class _Run:
             f_t = self._pooled_target(doms.tgt_views.x[t])
             cls = self.head.loss(f_s, torch.as_tensor(doms.src_views.labels[s], device=self.device))
             align = self._align(f_s, f_t, progress)
-            loss = cls + self.c.trade_off * align
+            loss = cls + self.c.alignment_weight * align
             self.optim.zero_grad(set_to_none=True)
             loss.backward()
             self.optim.step()

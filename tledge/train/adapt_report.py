@@ -81,7 +81,7 @@ def plot_feature_maps(before: dict, after: dict, classes: list[str], path: Path)
     for ax, feats, title in ((axes[0], before, "before adaptation"),
                              (axes[1], after, "after adaptation")):
         xs = [feats["source"].numpy(), feats["target"].numpy()]
-        xs = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in xs]
+        xs = [x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in xs]
         pts = _pca2(np.concatenate(xs))
         ps, pt = pts[:len(xs[0])], pts[len(xs[0]):]
         tl = feats.get("target_labels")

@@ -1,0 +1,82 @@
+"""Reduced-precision exports behind the accuracy gate, and the model file's portability."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tledge.runtime import Embedder
+from tledge.runtime.images import list_images, load_image
+from tledge.runtime.preprocess import preprocess_batch
+from tledge.samples import sample_root
+from tledge.train.gate import GateError, GateOptions, nn_agreement
+from tledge.train.quantize import QuantizeOptions, reduce_precision
+
+QUICK_GATE = GateOptions(episodes=20)
+
+
+def test_fp16_passes_the_gate_and_records_it(tiny_model, tmp_path):
+    out = tmp_path / "tiny_fp16.onnx"
+    report = reduce_precision(tiny_model, out, QuantizeOptions(precision="fp16", gate=QUICK_GATE))
+    assert report["passed"] and report["mean_cosine"] > 0.999 and report["images"] == 60
+    assert "fewshot_change" in report
+    info = Embedder(out, providers="cpu").info
+    assert info.precision == "fp16"
+    assert info.fingerprint != Embedder(tiny_model, providers="cpu").info.fingerprint
+    stored = json.loads(info.extra["gate"])
+    assert stored["mean_cosine"] == report["mean_cosine"] and stored["min_mean_cosine"] == 0.98
+
+
+def test_gate_fails_a_broken_quantisation_and_writes_nothing(tiny_model, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.new("RGB", (64, 64)).save(calib / "black.png")  # ranges from one black image
+    out = tmp_path / "broken_int8.onnx"
+    options = QuantizeOptions(calib=calib, float_first=0, float_last=0, gate=QUICK_GATE)
+    with pytest.raises(GateError, match="accuracy gate") as err:
+        reduce_precision(tiny_model, out, options)
+    assert "Nothing was written" in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".quant-*"))
+    forced = QuantizeOptions(calib=calib, float_first=0, float_last=0,
+                             gate=GateOptions(episodes=20, force=True))
+    report = reduce_precision(tiny_model, out, forced)
+    assert not report["passed"] and report["failures"]
+    assert json.loads(Embedder(out, providers="cpu").info.extra["gate"])["passed"] is False
+
+
+def test_int8_needs_an_fp32_parent(tiny_model, tmp_path):
+    from tledge.errors import TledgeError
+
+    half = tmp_path / "half.onnx"
+    reduce_precision(tiny_model, half, QuantizeOptions(precision="fp16", gate=QUICK_GATE))
+    with pytest.raises(TledgeError, match="reduce an fp32 model"):
+        reduce_precision(half, tmp_path / "x.onnx", QuantizeOptions(gate=QUICK_GATE))
+
+
+def test_nn_agreement_counts_answers_and_samples():
+    ref = np.eye(4, dtype=np.float32)
+    labels = np.array([0, 0, 1, 1])
+    assert nn_agreement(ref, ref, labels) == (1.0, 1.0)
+    swapped = ref[[0, 1, 3, 2]]  # queries 1 and 3 now nearest to other samples
+    label_agree, sample_agree = nn_agreement(ref, swapped, labels)
+    assert sample_agree <= label_agree
+
+
+def test_opencv_dnn_loads_the_model_and_gives_the_same_embedding(tiny_model):
+    import cv2
+
+    embedder = Embedder(tiny_model, providers="cpu")
+    files = list_images(sample_root())[:4]
+    x = preprocess_batch([load_image(f) for f in files], embedder.info.preprocess)
+    net = cv2.dnn.readNetFromONNX(str(tiny_model))
+    out = []
+    for i in range(len(x)):
+        net.setInput(x[i:i + 1])
+        out.append(net.forward()[0])
+    got = np.array(out)
+    got /= np.linalg.norm(got, axis=1, keepdims=True)
+    cos = np.sum(got * embedder.embed_tensor(x), axis=1)
+    assert cos.min() > 0.9999
