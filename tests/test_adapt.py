@@ -5,6 +5,7 @@ exports; the GRL really reverses gradients; heads agree between PyTorch and ONNX
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -134,7 +135,8 @@ def test_adapt_refuses_bad_input(domains, tmp_path):
 
 
 def test_multitask_exports_every_head_and_the_runtime_returns_them_in_one_call(domains,
-                                                                                tmp_path):
+                                                                                tmp_path,
+                                                                                capsys):
     spec = TaskSpec.from_tree(domains, ["domain", "object"])
     assert spec.names["domain"] == ("inverted", "photo") and len(spec.names["object"]) == 10
     run = tmp_path / "mt"
@@ -159,6 +161,15 @@ def test_multitask_exports_every_head_and_the_runtime_returns_them_in_one_call(d
     assert res["head"] == "object" and res["images"] == 60
     with pytest.raises(TledgeError, match="no head 'colour'"):
         evaluate.classify(path, domains / "inverted", head="colour", providers="cpu")
+    from tledge.cli import main
+
+    assert main(["eval", "classify", str(domains / "photo"), "--model", str(path), "--head",
+                 "domain", "--providers", "cpu", "--json"]) == 1  # folders are not domains
+    assert main(["eval", "classify", str(domains), "--model", str(path), "--head", "domain",
+                 "--providers", "cpu", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["head"] == "domain" and printed["images"] == 120
+    assert set(printed["per_class"]) == {"inverted", "photo"} and 0 <= printed["accuracy"] <= 1
 
 
 def test_task_csv_with_missing_labels(domains, tmp_path):

@@ -273,3 +273,16 @@ def test_sigterm_stops_the_cli_cleanly(tiny_model, kiosk_gallery, clip):
     assert proc.returncode == 0, err
     last = json.loads(rest.strip().splitlines()[-1])
     assert last["event"] == "stopped" and last["reason"] == "SIGTERM"
+
+
+def test_cli_refuses_enrollment_without_a_token(tiny_model, kiosk_gallery, clip, monkeypatch,
+                                                capsys):
+    from tledge.cli import main
+
+    monkeypatch.delenv("TLEDGE_KIOSK_TOKEN", raising=False)
+    args = ["kiosk", "--model", str(tiny_model), "--gallery", str(kiosk_gallery), "--source",
+            str(clip), "--allow-enroll"]
+    assert main(args) == 1
+    assert "token of at least 16 characters" in capsys.readouterr().err
+    assert main(args + ["--no-http"]) == 1
+    assert "drop --no-http" in capsys.readouterr().err

@@ -48,78 +48,6 @@ def cmd_backbones(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from tledge.train.export import ExportOptions, export_checkpoint, export_model
-
-    opts = ExportOptions(backbone=args.backbone, weights=args.weights,
-                         allow_download=args.allow_download, parity_images=args.parity_images,
-                         threshold=args.threshold)
-    quant = _quantize_options(args) if args.precision != "fp32" else None
-    # A reduced export starts from a verified fp32 file next to the output (kept: it is the
-    # reference the gate compares with, and what `tledge gallery reembed` may go back to).
-    fp32_out = args.output.with_name(args.output.stem + ".fp32.onnx") if quant else args.output
-    if args.checkpoint:
-        report = export_checkpoint(args.checkpoint, fp32_out, opts, not args.no_centering)
-    else:
-        report = export_model(fp32_out, opts)
-    print(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB): {report.info.describe()}")
-    print(f"parity PyTorch vs ONNX Runtime on {report.parity_images} images: "
-          f"min cosine {report.min_cosine:.6f}, mean {report.mean_cosine:.6f}")
-    if quant:
-        return _reduce(fp32_out, args.output, quant)
-    return 0
-
-
-def _quantize_options(args):
-    from tledge.train.gate import GateOptions
-    from tledge.train.quantize import QuantizeOptions
-
-    gate = GateOptions(images=args.gate_images, min_mean_cosine=args.min_cosine_gate,
-                       min_top1_agreement=args.min_agreement, force=args.force)
-    return QuantizeOptions(precision=args.precision, calib=args.calib,
-                           calib_limit=args.calib_limit, method=args.calib_method,
-                           float_first=args.float_first, float_last=args.float_last,
-                           keep_float=tuple(args.keep_float or ()), gate=gate)
-
-
-def _reduce(fp32_model: Path, output: Path, options) -> int:
-    from tledge.train.quantize import reduce_precision
-
-    r = reduce_precision(fp32_model, output, options)
-    print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, {options.precision})")
-    print(f"gate on {r['images']} images: mean cosine {r['mean_cosine']:.4f}, min "
-          f"{r['min_cosine']:.4f}, nearest-neighbour top-1 agreement {r['top1_agreement']:.1%}"
-          + (f", 5-way 1-shot {r['fewshot_fp32']:.1%} -> {r['fewshot_reduced']:.1%}"
-             if "fewshot_change" in r else "")
-          + ("" if r["passed"] else "  [FAILED, kept because of --force]"))
-    return 0
-
-
-def cmd_quantize(args) -> int:
-    return _reduce(args.model, args.output, _quantize_options(args))
-
-
-def _precision_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=default)
-    p.add_argument("--calib", type=Path, help="int8: calibration images (default: the samples)")
-    p.add_argument("--calib-limit", type=int, default=200, help="int8: images used at most")
-    p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"),
-                   default="minmax")
-    p.add_argument("--float-first", type=int, default=1,
-                   help="int8: convolutions kept in float at the input (default 1)")
-    p.add_argument("--float-last", type=int, default=1,
-                   help="int8: convolutions kept in float at the output (default 1)")
-    p.add_argument("--keep-float", action="append", metavar="NODE",
-                   help="int8: another graph node to keep in float (repeatable)")
-    p.add_argument("--gate-images", type=Path,
-                   help="class folders for the accuracy gate (default: the samples)")
-    p.add_argument("--min-cosine-gate", type=float, default=0.98,
-                   help="gate: least mean cosine to fp32 (default 0.98)")
-    p.add_argument("--min-agreement", type=float, default=0.98,
-                   help="gate: least nearest-neighbour top-1 agreement (default 0.98)")
-    p.add_argument("--force", action="store_true", help="write the model even if the gate fails")
-
-
 def cmd_enroll(args) -> int:
     from tledge.runtime import Gallery
     from tledge.runtime.batch import class_folders, enroll_folder
@@ -171,24 +99,6 @@ def cmd_recognize(args) -> int:
                 print(f"{item.name}: {label}  score {r.score:.3f}  {r.latency_ms:.1f} ms",
                       flush=True)
     return 1 if errors else 0
-
-
-def cmd_kiosk(args) -> int:
-    from tledge.kiosk.app import read_token, run_kiosk
-    from tledge.kiosk.service import KioskConfig
-
-    if args.allow_enroll and args.no_http:
-        raise TledgeError("--allow-enroll works over the HTTP API; drop --no-http")
-    token = read_token(args.token_file) if args.allow_enroll else None
-    config = KioskConfig(
-        model=args.model, gallery=args.gallery, source=args.source, stable_frames=args.stable,
-        threshold=args.threshold, smoothing=args.smoothing,
-        roi=tuple(args.roi) if args.roi else None, max_frames=args.max_frames,
-        exit_after=args.exit_after, loop=args.loop, every_frame=args.every_frame,
-        retry_max=args.retry_max, stale_after=args.stale_after, providers=args.providers,
-        threads=args.threads)
-    http = None if args.no_http else (args.host, args.port)
-    return run_kiosk(config, http, token)
 
 
 def cmd_gallery(args) -> int:
@@ -248,50 +158,6 @@ def run_gui(gui_args: list[str]) -> int:
     return app.main(gui_args)
 
 
-def cmd_bench(args) -> int:
-    if args.gallery:
-        return _bench_gallery(args)
-    if args.models:
-        return _bench_models(args)
-    from tledge.bench import run_bench
-
-    run_bench(args)
-    return 0
-
-
-def _bench_models(args) -> int:
-    from tledge import bench_models as B
-
-    images = B.load_bench_images(max(20, args.batch * 4))
-    rows = B.compare_models(args.models, images, args.threads, args.batch, args.repeats,
-                            args.providers, torch_eager=not args.no_torch)
-    print(json.dumps(rows, indent=2) if args.json else B.format_models(rows, args.batch,
-                                                                      args.threads))
-    if args.plot:
-        B.plot_models(rows, args.plot)
-        print(f"chart: {args.plot}", file=sys.stderr)
-    return 0
-
-
-def _bench_gallery(args) -> int:
-    from tledge import bench_gallery as G
-    from tledge.runtime import Embedder
-    from tledge.runtime.images import list_images
-
-    if not args.models:
-        raise TledgeError("bench --gallery needs a MODEL for the real embeddings")
-    embedder = Embedder(args.models[0], providers=args.providers, threads=args.threads)
-    folders = args.real or [Path(__file__).parent / "samples"]
-    files = [f for folder in folders for f in list_images(folder)]
-    real = embedder.embed(files, progress=_progress(len(files), "embedding").update)
-    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
-    rows = G.gallery_scaling(real, sizes, progress=lambda r: print(
-        f"  {r['size']:,}: {r['index']}, p50 {r['p50_ms']:.2f} ms, recall@1 "
-        f"{r['recall_at_1']:.3f}", file=sys.stderr))
-    print(json.dumps(rows, indent=2) if args.json else G.format_gallery(rows))
-    return 0
-
-
 # -- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,27 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backbones", help="list the available backbones")
     p.set_defaults(func=cmd_backbones)
-
-    p = sub.add_parser("export", help="export a backbone as a self-describing ONNX model")
-    p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--output", "-o", type=Path, required=True)
-    p.add_argument("--weights", help="a .pth state dict to use instead of the published one")
-    p.add_argument("--allow-download", action="store_true",
-                   help="let torchvision download weights that are not available offline")
-    p.add_argument("--parity-images", type=Path, help="folder of images for the parity check")
-    p.add_argument("--threshold", type=float, help="default open-set threshold to record")
-    p.add_argument("--checkpoint", type=Path, help="a `tledge finetune` run directory to export")
-    p.add_argument("--no-centering", action="store_true",
-                   help="with --checkpoint: plain L2 normalisation instead of CL2N centring")
-    _precision_args(p, "fp32")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("quantize", help="an int8 or fp16 copy of an exported fp32 model, "
-                                        "behind an accuracy gate")
-    p.add_argument("model", type=Path, help="the fp32 .onnx model")
-    p.add_argument("--output", "-o", type=Path, required=True)
-    _precision_args(p, "int8")
-    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("enroll", help="add classes to a gallery from images (no training)")
     _model_args(p)
@@ -347,37 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=1, help="use every Nth frame of a video")
     p.set_defaults(func=cmd_recognize)
 
-    p = sub.add_parser("kiosk", help="headless recognition service: JSON-lines events on "
-                       "stdout and a local HTTP API")
-    _model_args(p)
-    p.add_argument("--gallery", "-g", type=Path, required=True)
-    p.add_argument("--source", "-s", required=True,
-                   help="webcam index, video file, image folder or image")
-    p.add_argument("--stable", type=int, default=5,
-                   help="report a label after it held for N frames in a row (default 5)")
-    p.add_argument("--threshold", type=float, help="override the gallery's threshold")
-    p.add_argument("--smoothing", type=int, default=1, help="average embeddings over N frames")
-    p.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
-                   help="recognise only this region of each frame")
-    p.add_argument("--max-frames", type=int, help="stop after N frames")
-    p.add_argument("--exit-after", type=float, help="stop after N seconds")
-    p.add_argument("--loop", action="store_true", help="restart a video file or folder at its end")
-    p.add_argument("--every-frame", action="store_true",
-                   help="also emit a 'frame' event for every frame (not debounced)")
-    p.add_argument("--retry-max", type=float, default=30.0,
-                   help="longest wait between camera reconnection attempts, seconds")
-    p.add_argument("--stale-after", type=float, default=10.0,
-                   help="/health fails when no frame arrived for this many seconds")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="HTTP address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="HTTP port (0: any free port)")
-    p.add_argument("--no-http", action="store_true", help="events on stdout only")
-    p.add_argument("--allow-enroll", action="store_true",
-                   help="accept POST /enroll with the bearer token from --token-file or "
-                        "$TLEDGE_KIOSK_TOKEN")
-    p.add_argument("--token-file", type=Path, help="file holding the enrollment token")
-    p.set_defaults(func=cmd_kiosk)
-
     p = sub.add_parser("gallery", help="inspect or edit a gallery")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, help_ in (("info", "summary as JSON"), ("list", "classes and sample counts"),
@@ -400,9 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--far", type=float, default=0.05,
                            help="false-accept rate to allow (default 0.05)")
 
-    from tledge.cli_train import add_parsers
+    from tledge import cli_models, cli_train
+    from tledge.kiosk import cli as cli_kiosk
 
-    add_parsers(sub, _model_args)
+    cli_models.add_export_parsers(sub)
+    cli_kiosk.add_parser(sub, _model_args)
+    cli_train.add_parsers(sub, _model_args)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the shipped sample images")
     p.add_argument("--workdir", type=Path, default=Path("tledge-demo"))
@@ -411,29 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     sub.add_parser("gui", help="the desktop app (see tledge gui --help)", add_help=False)
+    cli_models.add_bench_parser(sub)
 
-    p = sub.add_parser("bench", help="benchmark: ONNX Runtime vs PyTorch, end to end, search; "
-                       "MODEL...: runtimes and precisions; --gallery: search by size")
-    p.add_argument("models", nargs="*", type=Path,
-                   help="models to compare (fp32 first), e.g. m.onnx m_fp16.onnx m_int8.onnx")
-    p.add_argument("--batch", type=int, default=1, help="MODEL...: images per call")
-    p.add_argument("--providers", default="cpu", help="MODEL...: ONNX Runtime providers")
-    p.add_argument("--no-torch", action="store_true", help="MODEL...: skip PyTorch eager")
-    p.add_argument("--plot", type=Path, help="MODEL...: write a latency chart (PNG)")
-    p.add_argument("--gallery", action="store_true",
-                   help="search latency and recall@1 vs exact at --sizes (with MODEL)")
-    p.add_argument("--real", type=Path, action="append",
-                   help="--gallery: folders of real images to embed (default: the samples)")
-    p.add_argument("--backbone", default="mobilenet_v2")
-    p.add_argument("--model", type=Path, help="exported model (default: export to --workdir)")
-    p.add_argument("--workdir", type=Path, default=Path("tledge-demo"))
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--sizes", default="1000,10000,100000", help="gallery sizes for search")
-    p.add_argument("--video", type=Path, help="frames for frame->label (default: the shared "
-                   "bottle video when present, else the sample images)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -160,8 +160,9 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--cache-dir", type=Path,
                    help="keep the frozen trunk's features here and reuse them across runs")
     p.add_argument("--backbone")
-    p.add_argument("--select", choices=("im", "source", "last"),
-                   help="checkpoint selection without target labels (default im)")
+    p.add_argument("--select", choices=("last", "source", "im"),
+                   help="checkpoint kept, chosen without target labels: last (default), "
+                        "source (held-out source accuracy) or im (information maximisation)")
     for name, typ in (("unfreeze", int), ("epochs", int), ("steps-per-epoch", int),
                       ("batch", int), ("lr", float), ("backbone-lr-mult", float),
                       ("weight-decay", float), ("trade-off", float), ("views", int),
@@ -171,7 +172,7 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--weights", help="start from this state dict instead of the published one")
     p.set_defaults(func=cmd_adapt)
 
-    p = sub.add_parser("eval", help="evaluate exported models (few-shot, paired comparison)")
+    p = sub.add_parser("eval", help="evaluate exported models (few-shot, paired comparison, classify)")
     p.add_argument("kind", choices=("fewshot", "compare", "classify"))
     p.add_argument("data", type=Path, help="DATA/<class>/*.jpg")
     p.add_argument("--model", "-m", type=Path, action="append", required=True,

@@ -1,14 +1,18 @@
 """``tledge adapt``: fit a model trained on labelled source images to an unlabelled target
 domain (another camera, sketches, cartoons).
 
-Methods: ``none`` (source-only, the baseline: the same recipe without alignment), ``dann``
-(domain-adversarial, gradient reversal with the usual ramp), ``coral`` (covariance
-alignment), ``mcc`` (minimum class confusion on target predictions) and ``adabn`` (the
-source-only model with every BatchNorm's statistics re-estimated on target images).
+Methods: ``none`` (source-only, the baseline: the same recipe without adaptation), ``dann``
+(domain-adversarial: a discriminator on the pooled features behind a gradient reversal layer
+with the usual ramp), ``coral`` (covariance alignment), ``mcc`` (minimum class confusion on
+target predictions) and ``adabn`` (source-only training; only the BatchNorm statistics
+adapt). Every method but ``none`` runs source and target inputs through their own BatchNorm
+statistics (re-estimated on each domain's images) and exports the target's.
 
-Target labels are never used for training or selection. The checkpoint kept is chosen by
-``select``: ``im`` (information maximisation of the head's target predictions, default),
-``source`` (accuracy on held-out source images) or ``last``. ``--target-eval`` only reports.
+The frozen first stages are cached once per augmented view; the last ``unfreeze`` stages,
+the classifier and the discriminator train. Target labels are never used for training or
+selection: the checkpoint kept is chosen by ``select``: ``last`` (the fixed schedule's end),
+``source`` (accuracy on held-out source images) or ``im`` (information maximisation of the
+head's target predictions). ``--target-eval`` only reports.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from tledge.train.finetune import pick_device, schedule
 from tledge.train.losses import LinearHead
 from tledge.train.runs import embed_cached, save_checkpoint
 
-SELECTIONS = ("im", "source", "last")
+SELECTIONS = ("last", "source", "im")
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class AdaptConfig:
     trade_off: float | None = None    # weight of the alignment loss; None: the method's own
     views: int = 2                    # augmented views cached per image
     val_fraction: float = 0.2         # held-out source images
-    select: str = "im"
+    select: str = "last"
     seed: int = 0
     device: str = "auto"
     weights: str | None = None

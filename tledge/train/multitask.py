@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tledge.errors import TledgeError
-from tledge.runtime.images import IMAGE_SUFFIXES
+from tledge.runtime.images import list_images
 from tledge.train import features as FT
 from tledge.train.backbones import get_backbone
 from tledge.train.data import LabelledImages, stratified_split
@@ -57,8 +57,8 @@ class TaskSpec:
 
     @classmethod
     def from_tree(cls, root: Path, levels: list[str]) -> TaskSpec:
-        files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                       and len(p.relative_to(root).parts) == len(levels) + 1)
+        files = [p for p in list_images(root)
+                 if len(p.relative_to(root).parts) == len(levels) + 1]
         if not files:
             raise TledgeError(f"no images at depth {len(levels) + 1} under {root} "
                               f"(expected ROOT/{'/'.join('<' + lv + '>' for lv in levels)}/*)")
