@@ -80,3 +80,19 @@ def test_opencv_dnn_loads_the_model_and_gives_the_same_embedding(tiny_model):
     got /= np.linalg.norm(got, axis=1, keepdims=True)
     cos = np.sum(got * embedder.embed_tensor(x), axis=1)
     assert cos.min() > 0.9999
+
+
+def test_cli_quantize_reports_the_gate_and_fails_cleanly(tiny_model, tmp_path, capsys):
+    from tledge.cli import main
+
+    out = tmp_path / "cli_fp16.onnx"
+    assert main(["quantize", str(tiny_model), "-o", str(out), "--precision", "fp16"]) == 0
+    printed = capsys.readouterr().out
+    assert "gate on 60 images: mean cosine" in printed and out.is_file()
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.new("RGB", (64, 64)).save(calib / "black.png")
+    bad = tmp_path / "cli_int8.onnx"
+    assert main(["quantize", str(tiny_model), "-o", str(bad), "--calib", str(calib),
+                 "--float-first", "0", "--float-last", "0"]) == 1
+    assert "failed the accuracy gate" in capsys.readouterr().err and not bad.exists()
