@@ -172,7 +172,8 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--weights", help="start from this state dict instead of the published one")
     p.set_defaults(func=cmd_adapt)
 
-    p = sub.add_parser("eval", help="evaluate exported models (few-shot, paired comparison, classify)")
+    p = sub.add_parser("eval", help="evaluate exported models (few-shot, paired comparison, "
+                                    "classification heads)")
     p.add_argument("kind", choices=("fewshot", "compare", "classify"))
     p.add_argument("data", type=Path, help="DATA/<class>/*.jpg")
     p.add_argument("--model", "-m", type=Path, action="append", required=True,
