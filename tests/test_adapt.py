@@ -123,6 +123,9 @@ def test_adapted_model_exports_and_its_head_matches_pytorch(domains, tmp_path):
     res = evaluate.classify(onnx_path, domains / "inverted", providers="cpu")
     assert abs(res["accuracy"] - summary["target_accuracy"]) <= 1 / res["images"] + 1e-9
     assert set(res["per_class"]) == set(info.heads[0].labels)
+    few = evaluate.fewshot(onnx_path, domains / "inverted", evaluate.Episodes(5, 1, 5, 20, 0),
+                           providers="cpu")  # the few-shot evaluation takes adapted models too
+    assert few["episodes"] == 20 and 0 < few["accuracy"] <= 1
 
 
 def test_adapt_refuses_bad_input(domains, tmp_path):
