@@ -122,6 +122,9 @@ def _bench_gallery(args) -> int:
     with tqdm(total=len(files), desc="embedding", unit="img", file=sys.stderr,
               disable=None, leave=False) as bar:
         real = embedder.embed(files, progress=bar.update)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     rows = G.gallery_scaling(real, sizes, progress=lambda r: print(
         f"  {r['size']:,}: {r['index']}, p50 {r['p50_ms']:.2f} ms, recall@1 "
