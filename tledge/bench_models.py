@@ -3,7 +3,8 @@
 Rows: ONNX Runtime for every model given (fp32, fp16, int8 ...), at each graph optimisation
 level for the first; OpenCV's DNN module on the fp32 model (the file is portable: it must give
 the same embedding); PyTorch eager on the fp32 model's backbone when torch is installed.
-Timings are interleaved call by call so that a noisy neighbour slows every row alike.
+Timings are taken in turns of ten calls per row so that a noisy neighbour slows every row
+alike while each row runs with its own weights in the CPU caches.
 """
 
 from __future__ import annotations
@@ -140,13 +141,22 @@ def _torch_row(embedder: Embedder, probe: np.ndarray, threads: int) -> Row | Non
     return _measured(f"PyTorch eager fp32 ({embedder.info.backbone})", build, probe, None)
 
 
-def _interleave(rows: list[Row], tensors: list[np.ndarray], repeats: int) -> None:
-    for i in range(repeats):
-        x = tensors[i % len(tensors)]
+def _interleave(rows: list[Row], tensors: list[np.ndarray], repeats: int,
+                block: int = 10) -> None:
+    """Time ``repeats`` calls per row, in turns of ``block`` consecutive calls: a noisy
+    neighbour hits every row alike, and each row runs with its own weights in the caches
+    (call-by-call alternation would measure cache misses, not the model)."""
+    done = 0
+    while done < repeats:
+        n = min(block, repeats - done)
         for row in rows:
-            start = time.perf_counter()
-            row.run(x)
-            row.times.append((time.perf_counter() - start) * 1000.0)
+            row.run(tensors[done % len(tensors)])  # untimed: bring this row's weights in
+            for i in range(done, done + n):
+                x = tensors[i % len(tensors)]
+                start = time.perf_counter()
+                row.run(x)
+                row.times.append((time.perf_counter() - start) * 1000.0)
+        done += n
 
 
 def _summary(row: Row, batch: int) -> dict:

@@ -76,9 +76,9 @@ def export_embedding_model(model: EmbeddingModel, info: ModelInfo, output: Path,
     if output.suffix != ".onnx":
         raise ExportError(f"output {output} should end in .onnx")
     output.parent.mkdir(parents=True, exist_ok=True)
-    if [h.name for h in info.heads] != list(model.heads):
+    if [h.name for h in info.heads] != model.head_names:
         raise ExportError(f"metadata heads {[h.name for h in info.heads]} do not match the "
-                          f"model's heads {list(model.heads)}")
+                          f"model's heads {model.head_names}")
     info = replace(info, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    tledge_version=__version__)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export-") as tmp:

@@ -25,7 +25,10 @@ class EmbeddingModel(nn.Module):
                  center: torch.Tensor | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.heads = nn.ModuleDict(heads or {})
+        # Module keys are positional: a head may be called anything ("class" included, which
+        # as an attribute name would break the exporter's generated code).
+        self.head_names = list(heads or {})
+        self.heads = nn.ModuleDict({f"head{i}": m for i, m in enumerate((heads or {}).values())})
         self.register_buffer("center", center if center is not None else torch.zeros(0),
                              persistent=True)
 
