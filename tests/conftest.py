@@ -66,17 +66,21 @@ def unknown_files() -> list[Path]:
     return sorted(unknown_dir().glob("*.jpg"))
 
 
-@pytest.fixture()
-def video(tmp_path, query_files):
-    """A real video made from real photos (cup then watch), 5 frames each."""
-    path = tmp_path / "clip.avi"
+def write_clip(path: Path, images: list[Path], frames_each: int) -> Path:
+    """A real MJPG video (320x240, 10 FPS): each image held for ``frames_each`` frames."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
-    for label in ("cup", "watch"):
-        frame = cv2.resize(load_image(query_files[label][0])[:, :, ::-1], (320, 240))
-        for _ in range(5):
+    for image in images:
+        frame = cv2.resize(load_image(image)[:, :, ::-1], (320, 240))
+        for _ in range(frames_each):
             writer.write(np.ascontiguousarray(frame))
     writer.release()
     return path
+
+
+@pytest.fixture()
+def video(tmp_path, query_files):
+    """A real video made from real photos (cup then watch), 5 frames each."""
+    return write_clip(tmp_path / "clip.avi", [query_files[c][0] for c in ("cup", "watch")], 5)
 
 
 @pytest.fixture()

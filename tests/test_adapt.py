@@ -92,11 +92,18 @@ def test_adabn_reestimates_statistics_and_the_swap_restores_them():
     assert x.grad is not None
 
 
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature-cache")
+
+
 @pytest.mark.parametrize("method", A.METHODS)
-def test_each_method_runs_learns_and_writes_a_run(domains, tmp_path, method):
+def test_each_method_runs_learns_and_writes_a_run(domains, tmp_path, method, feature_cache):
     run = tmp_path / method
     summary = adapt(domains / "photo", domains / "inverted", run,
-                    AdaptConfig(method=method, **FAST), target_eval=domains / "inverted")
+                    AdaptConfig(method=method, **FAST), target_eval=domains / "inverted",
+                    cache_dir=feature_cache)  # later methods reuse the earlier ones' parts
+    assert list(feature_cache.glob("cache-*.pt"))
     for name in ("config.json", "metrics.csv", "curves.png", "features.png", "best.pt",
                  "summary.json"):
         assert (run / name).is_file(), name

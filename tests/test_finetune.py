@@ -79,6 +79,17 @@ def test_ce_checkpoint_exports_embedding_and_class_head(dataset, tmp_path):
     out = e.run(files)
     assert out.vectors.shape == (6, 32)
     np.testing.assert_allclose(out.heads["classes"].sum(1), 1.0, atol=1e-5)
+    # a checkpoint from before heads were generic (``head`` holds the LinearHead) still exports
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    heads = ckpt.pop("heads")
+    ckpt["head"] = {f"fc.{k}": v for k, v in heads["classes"]["state"].items()}
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save(ckpt, old / "best.pt")
+    again = Embedder(export_checkpoint(old, tmp_path / "old.onnx",
+                                       ExportOptions(parity_limit=2)).path, providers="cpu")
+    np.testing.assert_allclose(again.run(files).heads["classes"], out.heads["classes"],
+                               atol=1e-5)
 
 
 def test_centering_is_baked_into_the_graph(dataset, tmp_path):

@@ -15,8 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from tledge.errors import SourceError, TledgeError
@@ -25,8 +23,9 @@ from tledge.kiosk.app import read_token
 from tledge.kiosk.hub import EventHub
 from tledge.kiosk.server import KioskServer
 from tledge.runtime import Gallery
-from tledge.runtime.images import load_image
 from tledge.runtime.sources import open_source
+
+from .conftest import write_clip
 
 TOKEN = "k" * 24
 
@@ -47,14 +46,8 @@ def test_debouncer_ignores_flicker_and_reports_each_change_once():
 @pytest.fixture()
 def clip(tmp_path, query_files, unknown_files):
     """cup (8 frames), watch (8), an unknown clutter photo (8): a real MJPG video."""
-    path = tmp_path / "kiosk.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
-    for image in (query_files["cup"][0], query_files["watch"][0], unknown_files[0]):
-        frame = cv2.resize(load_image(image)[:, :, ::-1], (320, 240))
-        for _ in range(8):
-            writer.write(np.ascontiguousarray(frame))
-    writer.release()
-    return path
+    return write_clip(tmp_path / "kiosk.avi",
+                      [query_files["cup"][0], query_files["watch"][0], unknown_files[0]], 8)
 
 
 def _enrolled(path: Path, embedder, query_files, threshold: float) -> Path:

@@ -9,11 +9,9 @@ import urllib.request
 import venv
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
-from tledge.runtime.images import load_image
+from .conftest import write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +47,7 @@ def test_enroll_and_kiosk_run_in_the_runtime_only_venv(runtime_venv, tiny_model,
         subprocess.run([tledge, "enroll", "--model", str(tiny_model), "--gallery", str(gallery),
                         "--providers", "cpu", "--label", label, str(query_files[label][0])],
                        check=True, capture_output=True, text=True)
-    clip = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
-    for label in ("cup", "watch"):
-        frame = cv2.resize(load_image(query_files[label][0])[:, :, ::-1], (320, 240))
-        for _ in range(6):
-            writer.write(np.ascontiguousarray(frame))
-    writer.release()
+    clip = write_clip(tmp_path / "clip.avi", [query_files[c][0] for c in ("cup", "watch")], 6)
     proc = subprocess.Popen([tledge, "kiosk", "--model", str(tiny_model), "--gallery",
                              str(gallery), "--source", str(clip), "--providers", "cpu",
                              "--stable", "3", "--loop", "--port", "0", "--exit-after", "20"],

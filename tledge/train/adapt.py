@@ -113,19 +113,19 @@ def adapt(source: Path, target: Path, run_dir: Path, config: AdaptConfig,
                   config, device, cache_dir)
     cache_seconds = time.perf_counter() - t0
     run = _Run(config, backbone, start, len(src.classes), params, device, doms.target_stats)
-    before = run.features(doms)
     log = AdaptLog(run_dir)
     log.add(run.evaluate(doms, epoch=-1, loss={}, seconds=0.0))
-    best_row = None
+    before = run.picture(doms)
+    best_row, best = None, None
     for epoch in tqdm(range(config.epochs), desc=f"adapt ({config.method})", disable=None):
         t1 = time.perf_counter()
         losses = run.epoch(doms, epoch)
         row = run.evaluate(doms, epoch, losses, time.perf_counter() - t1)
         if log.add(row, config.select):
-            best_row = row
-            run.save(run_dir / "best.pt", src.classes, spec.name, doms)
-    run.load(run_dir / "best.pt")
-    plot_feature_maps(before, run.features(doms), list(src.classes),
+            best_row, best = row, run.snapshot()
+    run.restore(best)
+    run.save(run_dir / "best.pt", src.classes, spec.name, doms)
+    plot_feature_maps(before, run.picture(doms), list(src.classes),
                       run_dir / "features.png")
     log.finish()
     summary = {"method": config.method, "selected_epoch": best_row["epoch"],
@@ -169,20 +169,28 @@ def _cache(backbone, start, train, val, tgt, evl, config, device,
     images (e.g. every method compared on one source/target pair)."""
     tag = ["pretrained"]
 
-    def cache(part, views, augment, desc):
-        def compute():
-            return FT.cache_views(backbone, start, part, views, augment, device, config.seed,
-                                  desc)
+    def cached(key: list, compute) -> dict:
         if cache_dir is None:
             return compute()
-        key = json.dumps([config.backbone, config.weights, start, views, augment, config.seed,
-                          tag[0], [str(f) for f in part.files]])
-        return _disk_cached(Path(cache_dir), key, compute)
+        return _disk_cached(Path(cache_dir), json.dumps([config.backbone, config.weights, *key]),
+                            compute)
+
+    def cache(part, views, augment, desc):
+        def compute():
+            return _pack(FT.cache_views(backbone, start, part, views, augment, device,
+                                        config.seed, desc))
+        return _unpack(cached([start, views, augment, config.seed, tag[0],
+                               [str(f) for f in part.files]], compute))
+
+    def stats(files) -> dict:
+        return cached(["batchnorm", [str(f) for f in files]],
+                      lambda: _estimate_stats(backbone, files, device))
 
     target_stats = None
     if config.method != "none":
-        target_stats = _estimate_stats(backbone, tgt.files, device)
-        _estimate_stats(backbone, train.files, device)  # the model's own: source statistics
+        target_stats = stats(tgt.files)
+        # the model's own buffers become the source statistics
+        backbone.load_state_dict(stats(train.files), strict=False)
         tag[0] = "dsbn " + _digest(train.files)
     src = [cache(train, config.views, True, "source views"), cache(train, 1, False, "source"),
            cache(val, 1, False, "source val")]
@@ -213,23 +221,31 @@ def _digest(files) -> str:
     return hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()[:16]
 
 
-def _disk_cached(folder: Path, key: str, compute) -> FT.CachedViews:
+def _disk_cached(folder: Path, key: str, compute) -> dict[str, torch.Tensor]:
+    """``compute()`` (a dict of tensors), kept in ``folder`` under a hash of ``key``."""
     import hashlib
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"views-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    path = folder / f"cache-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
     if path.is_file():
         try:
-            z = torch.load(path, map_location="cpu", weights_only=True)
-            return FT.CachedViews(z["x"], z["labels"].numpy(), z["image"].numpy())
-        except (OSError, RuntimeError, EOFError, KeyError):
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError):
             path.unlink(missing_ok=True)  # unreadable: compute it again
-    views = compute()
+    value = compute()
     tmp = path.with_suffix(".tmp")
-    torch.save({"x": views.x, "labels": torch.from_numpy(views.labels),
-                "image": torch.from_numpy(views.image)}, tmp)
+    torch.save(value, tmp)
     tmp.replace(path)
-    return views
+    return value
+
+
+def _pack(views: FT.CachedViews) -> dict[str, torch.Tensor]:
+    return {"x": views.x, "labels": torch.from_numpy(views.labels),
+            "image": torch.from_numpy(views.image)}
+
+
+def _unpack(z: dict[str, torch.Tensor]) -> FT.CachedViews:
+    return FT.CachedViews(z["x"], z["labels"].numpy(), z["image"].numpy())
 
 
 class _Run:
@@ -297,15 +313,26 @@ class _Run:
             return A.mcc_loss(self.head.logits(f_t))
         return torch.zeros((), device=f_s.device)  # none, adabn: source-only training
 
-    def features(self, doms: _Domains) -> dict:
-        """Pooled features for the 2-D picture: source validation and target images."""
-        out = {"source": embed_cached(self._pooled, doms.src_val.x),
-               "source_labels": doms.src_val.labels,
-               "target": embed_cached(self._pooled_target, doms.tgt.x)}
-        if doms.tgt_eval is not None:
-            out["target"] = embed_cached(self._pooled_target, doms.tgt_eval.x)
-            out["target_labels"] = doms.tgt_eval.labels
+    def picture(self, doms: _Domains) -> dict:
+        """Features of the last evaluation for the 2-D picture: source validation images and
+        the target images (the labelled evaluation ones when given)."""
+        f = self._feats
+        out = {"source": f["src_val"], "source_labels": doms.src_val.labels,
+               "target": f["tgt"]}
+        if "tgt_eval" in f:
+            out["target"], out["target_labels"] = f["tgt_eval"], doms.tgt_eval.labels
         return out
+
+    def snapshot(self) -> dict:
+        """The trainable state and the features it gave, kept in memory (no file per epoch)."""
+        return {"model": {k: v.detach().clone() for k, v in self.backbone.state_dict().items()},
+                "head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
+                "feats": dict(self._feats)}
+
+    def restore(self, snap: dict) -> None:
+        self.backbone.load_state_dict(snap["model"])
+        self.head.load_state_dict(snap["head"])
+        self._feats = dict(snap["feats"])
 
     @torch.no_grad()
     def evaluate(self, doms: _Domains, epoch: int, loss: dict, seconds: float) -> dict:
@@ -313,6 +340,7 @@ class _Run:
         self.head.eval()
         src_val = embed_cached(self._pooled, doms.src_val.x)
         tgt = embed_cached(self._pooled_target, doms.tgt.x)
+        self._feats = {"src_val": src_val, "tgt": tgt}
         row = {"epoch": epoch, **loss, "seconds": seconds,
                "source_val_accuracy": self._head_accuracy(src_val, doms.src_val.labels),
                "target_im": A.information_maximisation(
@@ -321,6 +349,7 @@ class _Run:
             ev = embed_cached(self._pooled_target, doms.tgt_eval.x)
             row["target_accuracy"] = self._head_accuracy(ev, doms.tgt_eval.labels)
             src = embed_cached(self._pooled, doms.src_train.x)
+            self._feats.update(tgt_eval=ev, src_train=src)
             row["target_ncm_accuracy"] = _ncm_accuracy(src, doms.src_train.labels, ev,
                                                        doms.tgt_eval.labels)
         return row
@@ -330,20 +359,17 @@ class _Run:
         return float((pred == labels).mean())
 
     def save(self, path: Path, classes, backbone_name: str, doms: _Domains) -> None:
-        src = (embed_cached(self._pooled, doms.src_train.x), doms.src_train.labels)
-        val = (embed_cached(self._pooled, doms.src_val.x), doms.src_val.labels)
-        tgt = embed_cached(self._pooled_target, doms.tgt.x)
+        """The checkpoint, from the features the last evaluation (or snapshot) computed."""
+        f = self._feats
+        if "src_train" not in f:
+            f["src_train"] = embed_cached(self._pooled, doms.src_train.x)
+        src, val = (f["src_train"], doms.src_train.labels), (f["src_val"], doms.src_val.labels)
+        tgt = f["tgt"]
         # The deployed model sees the target domain: it carries the target's statistics.
         with A.use_batchnorm_stats(self.backbone, self.target_stats):
             save_checkpoint(path, "adapt", asdict(self.c), backbone_name, list(classes),
                             self.backbone, {"classes": (list(classes), self.head.fc)},
                             center=tgt.mean(0), train=src, val=val)
-
-    def load(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        with A.use_batchnorm_stats(self.backbone, self.target_stats):
-            self.backbone.load_state_dict(state["model"])
-        self.head.fc.load_state_dict(state["heads"]["classes"]["state"])
 
 
 def _ncm_accuracy(src: torch.Tensor, src_y: np.ndarray, tgt: torch.Tensor,

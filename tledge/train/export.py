@@ -166,7 +166,7 @@ def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
     backbone, spec, _ = get_backbone(ckpt["backbone"], pretrained=False)
     backbone.load_state_dict(ckpt["model"])
     heads, head_meta = {}, []
-    for name, head in ckpt.get("heads", {}).items():
+    for name, head in _checkpoint_heads(ckpt).items():
         labels = tuple(head["labels"])
         heads[name] = torch.nn.Linear(backbone.dim, len(labels))
         heads[name].load_state_dict(head["state"])
@@ -185,6 +185,17 @@ def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
                              f"({recipe})",
                      extra={"centering": "cl2n" if center is not None else "l2n"})
     return export_embedding_model(model, info, Path(output), options)
+
+
+def _checkpoint_heads(ckpt: dict) -> dict:
+    """``{name: {"labels", "state"}}``; checkpoints written before heads were generic kept a
+    ``ce`` run's classifier as ``head`` (a LinearHead state: ``fc.*``)."""
+    if "heads" in ckpt:
+        return ckpt["heads"]
+    if ckpt["config"].get("objective") == "ce" and "head" in ckpt:
+        state = {k[len("fc."):]: v for k, v in ckpt["head"].items() if k.startswith("fc.")}
+        return {"classes": {"labels": ckpt["classes"], "state": state}}
+    return {}
 
 
 def load_checkpoint(run_dir: Path) -> dict:
