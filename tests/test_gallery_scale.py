@@ -8,7 +8,7 @@ import pytest
 
 from tledge.runtime import Gallery
 from tledge.runtime.gallery import CACHE_NAME
-from tledge.runtime.gallery_index import VectorIndex, build_faiss, ivf_lists
+from tledge.runtime.gallery_index import VectorIndex, build_faiss, ivf_lists, search_faiss
 
 
 def clustered(n: int, dim: int, centers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,6 +39,11 @@ def test_small_is_exact_large_is_ivf_and_agrees_with_brute_force():
     # approximate: most queries find the very same nearest sample, nearly all the same class
     assert (got_ivf[:, 0] == truth).mean() >= 0.9
     assert (cls[got_ivf[:, 0]] == cls[truth]).mean() >= 0.97
+    # one live query at a time (threads over the inverted lists) answers as the batch does
+    single = np.concatenate([search_faiss(ivf, q[i:i + 1], 3)[1] for i in range(40)])
+    assert ivf.parallel_mode == 1
+    np.testing.assert_array_equal(single, search_faiss(ivf, q[:40], 3)[1])
+    assert ivf.parallel_mode == 0
 
 
 def test_gallery_switches_index_by_size_and_keeps_answers(tmp_path, embedder):

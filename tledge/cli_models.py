@@ -11,7 +11,12 @@ from tledge.errors import TledgeError
 
 
 def cmd_export(args) -> int:
-    from tledge.train.export import ExportOptions, export_checkpoint, export_model
+    from tledge.train.export import (
+        ExportOptions,
+        checkpoint_model,
+        export_embedding_model,
+        pretrained_model,
+    )
 
     opts = ExportOptions(backbone=args.backbone, weights=args.weights,
                          allow_download=args.allow_download, parity_images=args.parity_images,
@@ -20,15 +25,37 @@ def cmd_export(args) -> int:
     # A reduced export starts from a verified fp32 file next to the output (kept: it is the
     # reference the gate compares with, and what `tledge gallery reembed` may go back to).
     fp32_out = args.output.with_name(args.output.stem + ".fp32.onnx") if quant else args.output
-    if args.checkpoint:
-        report = export_checkpoint(args.checkpoint, fp32_out, opts, not args.no_centering)
-    else:
-        report = export_model(fp32_out, opts)
+    model, info = (checkpoint_model(args.checkpoint, opts, not args.no_centering)
+                   if args.checkpoint else pretrained_model(opts))
+    report = export_embedding_model(model, info, fp32_out, opts)
     print(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB): {report.info.describe()}")
     print(f"parity PyTorch vs ONNX Runtime on {report.parity_images} images: "
           f"min cosine {report.min_cosine:.6f}, mean {report.mean_cosine:.6f}")
+    if quant and args.precision == "int8" and args.qat_steps > 0:
+        return _distil_int8(model, report.info, fp32_out, args, quant, opts)
     if quant:
         return _reduce(fp32_out, args.output, quant)
+    return 0
+
+
+def _distil_int8(model, info, fp32_out: Path, args, quant, opts) -> int:
+    from tqdm import tqdm
+
+    from tledge.train.qat import QATOptions, export_int8
+
+    qat = QATOptions(steps=args.qat_steps, batch=args.qat_batch, lr=args.qat_lr,
+                     images=args.qat_images)
+    with tqdm(total=qat.steps, desc="int8-aware distillation", unit="step", file=sys.stderr,
+              disable=None) as bar:
+        def progress(step: int, cos: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix_str(f"simulated int8 cosine to fp32 {cos:.4f}")
+            if bar.disable and (step % 25 == 0 or step == qat.steps):  # a log, not a TTY
+                print(f"int8-aware distillation: step {step}/{qat.steps}, simulated int8 "
+                      f"cosine to fp32 {cos:.4f}", file=sys.stderr, flush=True)
+
+        r = export_int8(model, info, fp32_out, args.output, quant, qat, opts, progress)
+    _print_gate(args.output, quant, r)
     return 0
 
 
@@ -47,14 +74,17 @@ def _quantize_options(args):
 def _reduce(fp32_model: Path, output: Path, options) -> int:
     from tledge.train.quantize import reduce_precision
 
-    r = reduce_precision(fp32_model, output, options)
+    _print_gate(output, options, reduce_precision(fp32_model, output, options))
+    return 0
+
+
+def _print_gate(output: Path, options, r: dict) -> None:
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, {options.precision})")
     print(f"gate on {r['images']} images: mean cosine {r['mean_cosine']:.4f}, min "
           f"{r['min_cosine']:.4f}, nearest-neighbour top-1 agreement {r['top1_agreement']:.1%}"
           + (f", 5-way 1-shot {r['fewshot_fp32']:.1%} -> {r['fewshot_reduced']:.1%}"
              if "fewshot_change" in r else "")
           + ("" if r["passed"] else "  [FAILED, kept because of --force]"))
-    return 0
 
 
 def cmd_quantize(args) -> int:
@@ -146,6 +176,13 @@ def add_export_parsers(sub) -> None:
     p.add_argument("--no-centering", action="store_true",
                    help="with --checkpoint: plain L2 normalisation instead of CL2N centring")
     _precision_args(p, "fp32")
+    p.add_argument("--qat-steps", type=int, default=200,
+                   help="int8: steps of int8-aware distillation before quantising (0: "
+                        "post-training quantisation only; default 200, ~8 min on 2 CPU cores)")
+    p.add_argument("--qat-batch", type=int, default=16, help="int8: images per step")
+    p.add_argument("--qat-lr", type=float, default=2e-5, help="int8: distillation learning rate")
+    p.add_argument("--qat-images", type=int, default=1000,
+                   help="int8: calibration-folder images the distillation draws from")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quantize", help="an int8 or fp16 copy of an exported fp32 model, "

@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 # the nprobe tuning makes up. Class prototypes are always exact (one row per class).
 APPROX_FROM = 20_000
 IVF_TRAIN_PER_LIST = 40           # k-means training points per list (FAISS wants >= 39)
-# Vectors scanned per query. Measured with real MobileNetV2 embeddings (bench --gallery):
-# recall@1 0.977 at 100k (nprobe 16 of 512) and 0.950 at 1M (8 of 2048) in 1.8 / 4.1 ms p50
-# on 2 cores; doubling the scan buys ~0.03 recall for ~1.8x the time.
-SCAN_BUDGET = 4096
+# Vectors scanned per query. At 1M vectors (2048 lists, real MobileNetV2 embeddings as seeds
+# and queries) nprobe 8 / 16 / 24 gave recall@1 0.917 / 0.953 / 0.970 in one draw of queries
+# and 0.93 / 0.99 / 1.00 in another, in 1.8 / 2.5 / 3.5 ms p50 on 2 cores when quiet (a
+# single query searches its lists in parallel); `tledge bench --gallery` with this budget
+# (nprobe 17): recall 0.993, 3.9 ms p50. 4096 lists did worse at equal nprobe (0.947 at 24).
+SCAN_BUDGET = 8192
 KMEANS_ITERATIONS = 10            # enough for list assignment; FAISS's 25 costs 2.5x the time
 REBUILD_GROWTH = 4.0              # re-train the IVF once the gallery has grown this much
 
@@ -71,6 +73,15 @@ def build_faiss(vectors: np.ndarray, approx_from: int = APPROX_FROM, seed: int =
         index.nprobe = scan_nprobe(n, index.nlist)
         log.info("IVF-SQ8 index: %d vectors, %d lists, nprobe %d", n, index.nlist, index.nprobe)
     return index
+
+
+def search_faiss(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search``, with an IVF's threads spread over its lists for a few queries: FAISS
+    parallelises over queries by default, so one live query would use one core (1.4-1.6x
+    slower on 2 cores)."""
+    if hasattr(index, "parallel_mode"):
+        index.parallel_mode = 1 if len(queries) < 4 else 0
+    return index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
 def index_kind(index) -> str:
@@ -151,7 +162,7 @@ class VectorIndex:
         if not self.size:
             q = len(queries)
             return np.full((q, 1), -1.0, np.float32), np.full((q, 1), -1, np.int64)
-        return self.index.search(np.ascontiguousarray(queries, np.float32), k)
+        return search_faiss(self.index, queries, k)
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader sees the old cache or the new one, never a mix."""

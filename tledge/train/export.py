@@ -59,6 +59,11 @@ class ExportReport:
 def export_model(output: str | os.PathLike,
                  options: ExportOptions = ExportOptions()) -> ExportReport:
     """Build the backbone, export it and verify it; returns the parity report."""
+    return export_embedding_model(*pretrained_model(options), Path(output), options)
+
+
+def pretrained_model(options: ExportOptions) -> tuple[EmbeddingModel, ModelInfo]:
+    """The backbone with its published (or ``options.weights``) weights, and its metadata."""
     backbone, spec, source = get_backbone(options.backbone, weights=options.weights,
                                           allow_download=options.allow_download)
     model = EmbeddingModel(backbone).eval()
@@ -66,7 +71,7 @@ def export_model(output: str | os.PathLike,
     info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim,
                      fingerprint=fingerprint(model, spec.preprocess), preprocess=spec.preprocess,
                      threshold=thr, weights=source)
-    return export_embedding_model(model, info, Path(output), options)
+    return model, info
 
 
 def export_embedding_model(model: EmbeddingModel, info: ModelInfo, output: Path,
@@ -162,6 +167,13 @@ def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
     """Export a training run's best checkpoint (finetune, adapt, multitask): the embedding
     (CL2N-centred unless ``centering`` is False) plus each of the run's linear heads as a
     named output ``<head>_probs``."""
+    model, info = checkpoint_model(run_dir, options, centering)
+    return export_embedding_model(model, info, Path(output), options)
+
+
+def checkpoint_model(run_dir: str | os.PathLike, options: ExportOptions = ExportOptions(),
+                     centering: bool = True) -> tuple[EmbeddingModel, ModelInfo]:
+    """A run's best checkpoint as an exportable model, and its metadata."""
     ckpt = load_checkpoint(Path(run_dir))
     backbone, spec, _ = get_backbone(ckpt["backbone"], pretrained=False)
     backbone.load_state_dict(ckpt["model"])
@@ -184,7 +196,7 @@ def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
                      weights=f"{ckpt.get('kind', 'finetune')}: {Path(run_dir).resolve()} "
                              f"({recipe})",
                      extra={"centering": "cl2n" if center is not None else "l2n"})
-    return export_embedding_model(model, info, Path(output), options)
+    return model, info
 
 
 def _checkpoint_heads(ckpt: dict) -> dict:

@@ -5,6 +5,8 @@ int8: ONNX Runtime static QDQ quantisation calibrated on real images through the
 own preprocessing; per-channel weights; U8S8 with ``reduce_range`` (7-bit weights) by
 default, because x86 CPUs without VNNI saturate in the fast U8S8 kernels otherwise (measured
 here: mean cosine 0.89 without it, 0.96 with it); the first and last convolutions in float.
+``tledge export --precision int8`` first fine-tunes the model for exactly this recipe
+(``tledge.train.qat``) and passes its learned activation ranges here.
 fp16: weights and compute in float16 where the provider has kernels, float32 inputs and
 outputs kept. The gate (``tledge.train.gate``) runs on every reduced export.
 """
@@ -55,9 +57,15 @@ class QuantizeOptions:
             raise TledgeError("calib-limit must be >= 1 and float-first/last >= 0")
 
 
-def reduce_precision(fp32_model: Path, output: Path, options: QuantizeOptions) -> dict:
+def reduce_precision(fp32_model: Path, output: Path, options: QuantizeOptions,
+                     reference: Path | None = None, recipe: dict | None = None,
+                     ranges: list[tuple[str, float, float]] | None = None) -> dict:
     """Write an int8 or fp16 copy of ``fp32_model`` to ``output`` if it passes the gate.
 
+    ``reference``: the fp32 model the gate compares with, when ``fp32_model`` is a stand-in
+    prepared for quantisation (``tledge.train.qat``); default ``fp32_model`` itself.
+    ``recipe``: more facts for the metadata's ``quantization`` record. ``ranges``: int8
+    activation ranges to use instead of calibrated ones (see ``activation_overrides``).
     Returns the gate report (also stored in the model's metadata as ``gate``). On a failed
     gate nothing is written unless ``options.gate.force``.
     """
@@ -67,45 +75,54 @@ def reduce_precision(fp32_model: Path, output: Path, options: QuantizeOptions) -
     source = Embedder(fp32_model, providers="cpu")
     if source.info.precision != "fp32":
         raise TledgeError(f"{fp32_model} is {source.info.precision}; reduce an fp32 model")
+    parent = Embedder(reference, providers="cpu") if reference else source
+    if (parent.info.preprocess, parent.dim) != (source.info.preprocess, source.dim):
+        raise TledgeError(f"{reference} and {fp32_model} differ in preprocessing or size")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".quant-") as tmp:
         staged = Path(tmp) / output.name
         if options.precision == "int8":
-            recipe = _int8(Path(fp32_model), staged, source, options, Path(tmp))
+            made = _int8(Path(fp32_model), staged, source, options, Path(tmp), ranges)
         else:
-            recipe = _fp16(Path(fp32_model), staged)
+            made = _fp16(Path(fp32_model), staged)
+        made.update(recipe or {})
         proto = onnx.load(str(staged))
         info = dataclasses.replace(
             source.info, precision=options.precision,
             fingerprint=_weights_digest(proto, source.info, options.precision),
-            extra={**source.info.extra, "parent_fingerprint": source.fingerprint,
-                   "quantization": json.dumps(recipe)})
+            extra={**source.info.extra, "parent_fingerprint": parent.fingerprint,
+                   "quantization": json.dumps(made)})
         _set_metadata(proto, info, staged)
-        report = gate(source, Embedder(staged, providers="cpu"), options.gate)
+        report = gate(parent, Embedder(staged, providers="cpu"), options.gate)
         info = dataclasses.replace(info, extra={**info.extra, "gate": json.dumps(report)})
         _set_metadata(proto, info, staged)
         if not report["passed"] and not options.gate.force:
             raise GateError(
                 f"the {options.precision} model failed the accuracy gate: "
                 + "; ".join(report["failures"])
-                + ". Nothing was written; use --force to keep it anyway")
+                + ". Nothing was written; use --force to keep it anyway"
+                + (", or let `tledge export --precision int8 --qat-steps N` fine-tune the "
+                   "model for int8" if options.precision == "int8" and not recipe else ""))
         os.replace(staged, output)
     return report
 
 
-def _calib_files(options: QuantizeOptions) -> list[Path]:
+def calibration_files(options: QuantizeOptions, limit: int | None = None) -> list[Path]:
+    """Up to ``limit`` (default ``calib_limit``) images of ``options.calib``, spread over
+    its classes rather than its first folders."""
     from tledge.samples import sample_root
 
     root = Path(options.calib or sample_root())
     files = list_images(root)
     if not files:
         raise TledgeError(f"no calibration images in {root}")
-    rng = np.random.default_rng(0)  # a spread over classes, not the first folders only
-    return [files[i] for i in sorted(rng.permutation(len(files))[:options.calib_limit])]
+    rng = np.random.default_rng(0)
+    return [files[i] for i in sorted(rng.permutation(len(files))[:limit or options.calib_limit])]
 
 
-def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp: Path) -> dict:
+def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp: Path,
+          ranges: list[tuple[str, float, float]] | None = None) -> dict:
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -116,7 +133,7 @@ def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    files = _calib_files(options)
+    files = calibration_files(options)
     cfg, name = source.info.preprocess, source.info.input_name
     tensors = [preprocess_batch([load_image(p)], cfg) for p in files]
 
@@ -137,13 +154,55 @@ def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp:
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[options.method]
     extra = {"CalibPercentile": options.percentile} if options.method == "percentile" else {}
+    if ranges:
+        extra["TensorQuantOverrides"] = activation_overrides(onnx.load(str(prepared)), ranges,
+                                                             options.float_first,
+                                                             options.float_last)
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=options.per_channel, reduce_range=options.reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra)
+    if ranges:
+        quantised = {n.input[0] for n in onnx.load(str(out)).graph.node
+                     if n.op_type == "QuantizeLinear"}
+        missing = set(extra["TensorQuantOverrides"]) - quantised
+        if missing:
+            raise TledgeError(f"learned ranges for tensors onnxruntime did not quantise: "
+                              f"{sorted(missing)[:3]}")
     return {"format": "QDQ U8S8", "per_channel": options.per_channel,
             "reduce_range": options.reduce_range, "method": options.method,
             "calibration_images": len(files), "float_nodes": exclude}
+
+
+def activation_overrides(model, ranges: list[tuple[str, float, float]], float_first: int,
+                         float_last: int) -> dict:
+    """onnxruntime ``TensorQuantOverrides`` giving each quantised activation its range from
+    ``ranges`` (``(kind, rmin, rmax)`` in execution order, from ``tledge.train.qat``): the
+    input (only when the first conv is quantised), each conv's output after its Clip/Relu
+    but the float last ones', and each sum of two tensors, in graph order."""
+    graph = model.graph
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    made = {n for node in graph.node for n in node.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    float_tail = {n.name for n in convs[len(convs) - float_last:]} if float_last else set()
+    tensors = [("input", graph.input[0].name)] if float_first == 0 else []
+    for node in graph.node:
+        if node.op_type == "Conv" and node.name not in float_tail:
+            out = node.output[0]
+            after = users.get(out, [])
+            if len(after) == 1 and after[0].op_type in ("Clip", "Relu"):
+                out = after[0].output[0]
+            tensors.append(("conv", out))
+        elif node.op_type == "Add" and all(i in made for i in node.input):
+            tensors.append(("add", node.output[0]))
+    if [k for k, _ in tensors] != [k for k, _, _ in ranges]:
+        raise TledgeError(f"the learned activation ranges ({len(ranges)}) do not line up with "
+                          f"this graph's quantised tensors ({len(tensors)})")
+    return {name: [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
+            for (_, name), (_, lo, hi) in zip(tensors, ranges, strict=True)}
 
 
 def _fp16(src: Path, out: Path) -> dict:
