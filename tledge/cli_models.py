@@ -22,6 +22,10 @@ def cmd_export(args) -> int:
                          allow_download=args.allow_download, parity_images=args.parity_images,
                          threshold=args.threshold)
     quant = _quantize_options(args) if args.precision != "fp32" else None
+    if args.precision == "int8":
+        from tledge.train.quantize import calibration_files
+
+        calibration_files(quant)  # no images: say so before the fp32 export, not after
     # A reduced export starts from a verified fp32 file next to the output (kept: it is the
     # reference the gate compares with, and what `tledge gallery reembed` may go back to).
     fp32_out = args.output.with_name(args.output.stem + ".fp32.onnx") if quant else args.output

@@ -15,7 +15,6 @@ with the *original* fp32 model.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import operator
 from collections.abc import Callable
@@ -27,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
+from torchvision.transforms import v2
 
 from tledge.artifact import Preprocess
 from tledge.errors import TledgeError
 from tledge.runtime.images import load_image
+from tledge.train.data import eval_transform
 from tledge.train.model import EmbeddingModel
-
-log = logging.getLogger(__name__)
 
 WEIGHT_QMAX = 64      # onnxruntime: QInt8 with reduce_range -> [-64, 64], symmetric
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish)
@@ -45,9 +44,7 @@ class QATOptions:
     batch: int = 16
     images: int = 1000              # training images drawn from the calibration folder
     lr: float = 2e-5
-    learn_ranges: bool = True       # train activation ranges (LSQ), else min-max ...
-    recalibrate_every: int = 25     # ... re-measured this often as the weights change
-    calib_images: int = 64          # images for the min-max ranges
+    calib_images: int = 64          # images for the starting (min-max) activation ranges
     float_first: int = 1            # as QuantizeOptions: convolutions left in float
     float_last: int = 1
     seed: int = 0
@@ -77,7 +74,7 @@ class ActivationFakeQuant(nn.Module):
         self.register_buffer("hi", torch.tensor(0.0))
         self.observing = False
         self.scale: nn.Parameter | None = None
-        self.zero_point: nn.Parameter | None = None
+        self.zero_point: torch.Tensor | None = None
 
     def reset(self) -> None:
         self.lo.zero_()
@@ -88,17 +85,15 @@ class ActivationFakeQuant(nn.Module):
         return scale, int(round(-float(self.lo) / scale))
 
     def learn(self) -> None:
-        """Start training the range from the current min-max one."""
+        """Start training the step size from the current min-max range (zero stays put)."""
         scale, zero = self._minmax_qparams()
         self.scale = nn.Parameter(torch.tensor([scale], device=self.lo.device))
-        self.zero_point = nn.Parameter(torch.tensor([float(zero)], device=self.lo.device))
+        self.zero_point = torch.tensor([float(zero)], device=self.lo.device)
 
     def range(self) -> tuple[float, float]:
-        """(rmin, rmax) that onnxruntime turns back into this scale and zero point."""
-        if self.scale is None:
-            return float(min(self.lo, 0.0)), float(max(self.hi, 0.0))
+        """(rmin, rmax) that onnxruntime turns back into the learned scale and zero point."""
         scale = float(self.scale.detach().abs().clamp_min(1e-8))
-        zero = float(torch.clamp(torch.round(self.zero_point.detach()), 0, 255))
+        zero = float(torch.clamp(torch.round(self.zero_point), 0, 255))
         return -zero * scale, (255.0 - zero) * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,19 +109,28 @@ class ActivationFakeQuant(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
 
-def fold_batchnorm(module: nn.Module) -> int:
-    """Fold every BatchNorm2d that directly follows a Conv2d in a Sequential into the conv
-    (in place; the BN becomes Identity). Returns how many were folded."""
-    folded = 0
-    for child in module.modules():
-        if not isinstance(child, nn.Sequential):
+def fold_batchnorm(model: EmbeddingModel) -> int:
+    """Fold every BatchNorm2d fed by a Conv2d alone into that conv, in place (the BN becomes
+    Identity), found on the traced embedding path, whatever the module layout. Returns how
+    many were folded; raises if a BatchNorm2d is left that onnxruntime would not fold."""
+    root = _Features(model)
+    modules = dict(root.named_modules())
+    folded = left = 0
+    for node in _Tracer().trace(root).nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
-        items = list(child.named_children())
-        for (_, conv), (bn_name, bn) in zip(items, items[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                _fold(conv, bn)
-                setattr(child, bn_name, nn.Identity())
-                folded += 1
+        src = node.args[0]
+        if (src.op == "call_module" and isinstance(modules[src.target], nn.Conv2d)
+                and len(src.users) == 1):
+            _fold(modules[src.target], modules[node.target])
+            parent, _, name = node.target.rpartition(".")
+            setattr(modules[parent], name, nn.Identity())
+            folded += 1
+        else:
+            left += 1
+    if left:
+        raise TledgeError(f"{left} BatchNorm layer(s) do not follow a convolution; int8-aware "
+                          "distillation cannot simulate them (use --qat-steps 0)")
     return folded
 
 
@@ -218,43 +222,31 @@ def _is_tensor_sum(node: fx.Node) -> bool:
 
 
 class _Views:
-    """Decoded images kept small (uint8, shorter side = resize size) and augmented on the
-    fly: random crop of the model's crop size and a horizontal flip, normalised."""
+    """The images decoded and resized once (uint8, eval resize), then cropped per step:
+    random crops and flips for training, centre crops for calibration, normalised as
+    ``tledge.train.data.eval_transform`` does."""
 
     def __init__(self, files: list[Path], cfg: Preprocess, seed: int) -> None:
         from PIL import Image
 
-        self.cfg, self.rng = cfg, np.random.default_rng(seed)
+        resize = eval_transform(cfg).transforms[0]
         self.images = []
         for path in files:
-            img = Image.fromarray(load_image(path))
-            w, h = img.size
-            s = cfg.resize_size / min(w, h)
-            img = img.resize((max(cfg.crop_size, round(w * s)), max(cfg.crop_size, round(h * s))),
-                             Image.BILINEAR)
-            self.images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        self.mean = torch.tensor(cfg.mean).reshape(3, 1, 1)
-        self.std = torch.tensor(cfg.std).reshape(3, 1, 1)
+            rgb = load_image(path)
+            if cfg.color_order == "BGR":
+                rgb = rgb[:, :, ::-1].copy()
+            self.images.append(v2.functional.pil_to_tensor(resize(Image.fromarray(rgb))))
+        tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+        self.train = v2.Compose([v2.RandomCrop(cfg.crop_size), v2.RandomHorizontalFlip(), *tail])
+        self.eval = v2.Compose([v2.CenterCrop(cfg.crop_size), *tail])
+        self.rng = np.random.default_rng(seed)
 
-    def _normalise(self, img: torch.Tensor) -> torch.Tensor:
-        if self.cfg.color_order == "BGR":
-            img = img.flip(0)
-        return (img.float() / 255.0 - self.mean) / self.std
-
-    def center(self, i: int) -> torch.Tensor:
-        img, c = self.images[i], self.cfg.crop_size
-        top, left = (img.shape[1] - c) // 2, (img.shape[2] - c) // 2
-        return self._normalise(img[:, top:top + c, left:left + c])
+    def center(self, n: int) -> torch.Tensor:
+        return torch.stack([self.eval(img) for img in self.images[:n]])
 
     def random(self, n: int) -> torch.Tensor:
-        out, c = [], self.cfg.crop_size
-        for i in self.rng.integers(0, len(self.images), n):
-            img = self.images[i]
-            top = int(self.rng.integers(0, img.shape[1] - c + 1))
-            left = int(self.rng.integers(0, img.shape[2] - c + 1))
-            crop = img[:, top:top + c, left:left + c]
-            out.append(self._normalise(crop.flip(2) if self.rng.random() < 0.5 else crop))
-        return torch.stack(out)
+        return torch.stack([self.train(self.images[i])
+                            for i in self.rng.integers(0, len(self.images), n)])
 
 
 def distill_for_int8(model: EmbeddingModel, files: list[Path], cfg: Preprocess,
@@ -273,28 +265,22 @@ def distill_for_int8(model: EmbeddingModel, files: list[Path], cfg: Preprocess,
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher = copy.deepcopy(model).to(device).eval()
     student = copy.deepcopy(model).to(device).eval()
-    if fold_batchnorm(student) == 0:
-        log.warning("no Conv2d+BatchNorm2d pairs to fold; BN (if any) stays separate")
+    fold_batchnorm(student)
     for p in student.parameters():
         p.requires_grad_(True)
     sim, observers = simulate_int8(student, options.float_first, options.float_last)
     views = _Views(files, cfg, options.seed)
-    calib = torch.stack([views.center(i) for i in range(min(len(files),
-                                                            options.calib_images))]).to(device)
+    calib = views.center(options.calib_images).to(device)
     groups = [{"params": [p for p in student.parameters()], "lr": options.lr}]
     _calibrate(sim, observers, calib)
-    if options.learn_ranges:
-        for fq in observers:
-            fq.learn()
-            fq.zero_point.requires_grad_(False)  # the step size moves, zero stays put
-        groups.append({"params": [fq.scale for fq in observers], "lr": 10 * options.lr})
+    for fq in observers:
+        fq.learn()
+    groups.append({"params": [fq.scale for fq in observers], "lr": 10 * options.lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, options.steps) / options.steps)))
     recent: list[float] = []
     for step in range(options.steps):
-        if not options.learn_ranges and step and step % options.recalibrate_every == 0:
-            _calibrate(sim, observers, calib)
         x = views.random(options.batch).to(device)
         with torch.no_grad():
             target = teacher.embed(x)
@@ -371,7 +357,7 @@ def export_int8(model: EmbeddingModel, info, reference: Path, output: Path, quan
         info, fingerprint=fingerprint(student, info.preprocess),
         weights=f"{info.weights}; distilled for int8 ({options.steps} steps)")
     recipe = {"qat": {"steps": options.steps, "batch": options.batch, "lr": options.lr,
-                      "activation_ranges": "learned" if options.learn_ranges else "min-max",
+                      "activation_ranges": "learned",
                       "images": len(files), "loss": "1 - cosine to the fp32 embedding"}}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
