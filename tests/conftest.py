@@ -83,15 +83,26 @@ def video(tmp_path, query_files):
     return write_clip(tmp_path / "clip.avi", [query_files[c][0] for c in ("cup", "watch")], 5)
 
 
+def perturbed_copy(model: Path, out: Path, delta: float = 0.05) -> Path:
+    """``model`` with its first float weight tensor shifted by ``delta`` and the metadata
+    re-stamped by tledge's own writer: a genuinely different, valid model file."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tledge.runtime.embedder import load_verified
+    from tledge.train.metadata import write_model
+
+    _, info = load_verified(model)
+    proto = onnx.load(str(model))
+    init = next(t for t in proto.graph.initializer
+                if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 1)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(delta),
+                                          init.name))
+    write_model(proto, info, out)
+    return out
+
+
 @pytest.fixture()
 def other_model(tiny_model, tmp_path):
-    """The same graph under another fingerprint, as a model with other weights would have."""
-    import onnx
-
-    proto = onnx.load(str(tiny_model))
-    for prop in proto.metadata_props:
-        if prop.key == "tledge.fingerprint":
-            prop.value = "e" * 64
-    path = tmp_path / "other.onnx"
-    onnx.save(proto, str(path))
-    return path
+    """The tiny model with other weights, stamped by tledge: another valid fingerprint."""
+    return perturbed_copy(tiny_model, tmp_path / "other.onnx")

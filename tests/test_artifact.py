@@ -1,11 +1,17 @@
-import pytest
+import dataclasses
+import json
 
-from tledge.artifact import FORMAT_VERSION, Head, ModelInfo, Preprocess
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tledge.artifact import FORMAT_VERSION, Head, ModelInfo, Preprocess, model_fingerprint
 from tledge.errors import ArtifactError
 
 
 def make_info(**kw) -> ModelInfo:
     base = dict(backbone="mobilenet_v2", embedding_dim=1280, fingerprint="ab" * 32,
+                graph_digest="cd" * 32,
                 heads=(Head("style", ("photo", "sketch"), "style_probs"),),
                 extra={"parity": "min_cosine=1.0"})
     base.update(kw)
@@ -36,6 +42,17 @@ def test_newer_format_is_refused():
     ("tledge.embedding_dim", "-3", "embedding_dim must be positive"),
     ("tledge.precision", '"fp8"', "precision"),
     ("tledge.threshold", "7", "threshold"),
+    ("tledge.threshold", "nan", "threshold"),
+    ("tledge.threshold", "inf", "threshold"),
+    ("tledge.embedding_dim", "100000", "embedding_dim"),
+    ("tledge.embedding_dim", "true", "broken tledge metadata"),
+    ("tledge.normalized", '"yes"', "broken tledge metadata"),
+    ("tledge.heads", "{}", "broken tledge metadata"),
+    ("tledge.heads", '[{"name": "style", "labels": [], "output": "style_probs"}]', "labels"),
+    ("tledge.heads", '[{"name": "style", "labels": [""], "output": "style_probs"}]', "labels"),
+    ("tledge.graph_digest", "short", "graph_digest"),
+    ("tledge.format_version", "two", "format_version"),
+    ("tledge.heads", "[" * 100_000, "broken tledge metadata"),
 ])
 def test_invalid_values_are_named(key, value, message):
     props = make_info().to_metadata()
@@ -44,11 +61,68 @@ def test_invalid_values_are_named(key, value, message):
         ModelInfo.from_metadata(props)
 
 
-def test_missing_key_is_reported():
+@pytest.mark.parametrize("key", ["tledge.fingerprint", "tledge.graph_digest"])
+def test_missing_key_is_reported(key):
     props = make_info().to_metadata()
-    del props["tledge.fingerprint"]
-    with pytest.raises(ArtifactError, match="fingerprint"):
+    del props[key]
+    with pytest.raises(ArtifactError, match=key.split(".")[1]):
         ModelInfo.from_metadata(props)
+
+
+def test_format_1_metadata_is_refused_as_unverifiable():
+    props = make_info().to_metadata()
+    props["tledge.format_version"] = "1"
+    del props["tledge.graph_digest"]
+    with pytest.raises(ArtifactError, match="older tledge.*cannot be verified.*reembed"):
+        ModelInfo.from_metadata(props, source="old.onnx")
+
+
+@pytest.mark.parametrize("change", [
+    {"mean": (0.5, float("nan"), 0.5)},
+    {"std": (0.2, 0.0, 0.2)},
+    {"std": (0.2, float("inf"), 0.2)},
+    {"resize_size": 100_000},
+    {"crop_size": 4097, "resize_size": 4097},
+    {"crop_size": 4},
+    {"color_order": "BGRA"},
+])
+def test_preprocess_numbers_are_range_checked(change):
+    pre = dataclasses.replace(Preprocess(), **change)
+    with pytest.raises(ArtifactError, match="mean|std|crop_size|color_order"):
+        pre.validate()
+    with pytest.raises(ArtifactError):  # nor can an exporter write it
+        make_info(preprocess=pre).to_metadata()
+
+
+def test_fingerprint_survives_the_metadata_round_trip_and_names_what_matters():
+    info = make_info(preprocess=Preprocess(mean=(0, 0, 0), std=(1, 1, 1)))
+    back = ModelInfo.from_metadata(info.to_metadata())
+    assert model_fingerprint("cd" * 32, back) == model_fingerprint("cd" * 32, info)
+    for change in ({"precision": "fp16"}, {"embedding_dim": 64}, {"normalized": False},
+                   {"preprocess": Preprocess(color_order="BGR")}, {"output_name": "e"}):
+        other = dataclasses.replace(info, **change)
+        assert model_fingerprint("cd" * 32, other) != model_fingerprint("cd" * 32, info)
+    assert model_fingerprint("ce" * 32, info) != model_fingerprint("cd" * 32, info)
+    assert model_fingerprint("cd" * 32, dataclasses.replace(info, threshold=0.9)) == \
+        model_fingerprint("cd" * 32, info)
+
+
+KEYS = [k for k in make_info().to_metadata() if not k.startswith("tledge.extra.")]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(KEYS), st.one_of(st.text(max_size=60), st.sampled_from(
+    ["nan", "-inf", "1e309", "[]", "{}", "null", "true", "[1, 2]", '{"crop_size": "x"}',
+     '[{"name": 1}]', '{"mean": [1, 2, 3]}', "9" * 5000])))
+def test_any_metadata_value_parses_or_raises_artifact_error(key, value):
+    props = make_info().to_metadata()
+    props[key] = value
+    try:
+        info = ModelInfo.from_metadata(props)
+    except ArtifactError:
+        return
+    info.validate()  # what parses is valid
+    json.dumps(info.to_metadata())
 
 
 def test_preprocess_validation():

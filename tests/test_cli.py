@@ -89,3 +89,25 @@ def test_gallery_of_another_model_is_refused_by_cli(enrolled, other_model, capsy
 def test_unknown_backbone_gets_suggestion(tmp_path, capsys):
     assert main(["export", "--backbone", "mobilenetv2", "--output", str(tmp_path / "m.onnx")]) == 1
     assert "Did you mean 'mobilenet_v2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["nearest", "prototype"])
+def test_recognize_mode_is_used(tiny_model, tmp_path, capsys, sample_files, query_files, mode):
+    """`--mode nearest` matches the closest sample; prototype the closest class mean."""
+    from tests.test_recognizer import split_for_modes
+    from tledge.runtime import Embedder, Gallery
+    from tledge.runtime.images import load_image
+
+    embedder = Embedder(tiny_model, providers="cpu")
+    query = query_files["cup"][0]
+    near, proto = split_for_modes(embedder, load_image(query), sample_files)
+    with Gallery.create(tmp_path / "g", embedder) as g:
+        g.enroll_vectors("near", near)
+        g.enroll_vectors("proto", proto)
+    capsys.readouterr()
+    assert main(["recognize", "--model", str(tiny_model), "--gallery", str(tmp_path / "g"),
+                 "--json", "--threshold", "-1", "--mode", mode, str(query)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["label"] == {"nearest": "near", "prototype": "proto"}[mode]
+    if mode == "nearest":
+        assert row["score"] > 0.999  # the query's own sample

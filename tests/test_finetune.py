@@ -10,8 +10,9 @@ import torch
 
 from tledge.runtime import Embedder
 from tledge.samples import enroll_dir, query_dir
+from tledge.train.engine import schedule
 from tledge.train.export import ExportOptions, export_checkpoint, load_checkpoint
-from tledge.train.finetune import FinetuneConfig, finetune, schedule
+from tledge.train.finetune import FinetuneConfig, finetune
 
 FAST = dict(backbone="tiny", epochs=2, steps_per_epoch=3, way=4, shot=2, query=2, views=2,
             lr=1e-2, patience=5)
@@ -44,7 +45,7 @@ def test_modes_and_objectives_write_a_run(dataset, tmp_path, mode, objective, an
     assert rows[0]["epoch"] == "-1"  # the pretrained baseline is measured first
     assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 for r in rows)
     ckpt = load_checkpoint(run)
-    assert ckpt["config"]["objective"] == objective and ckpt["center"].shape == (32,)
+    assert ckpt.config["objective"] == objective and ckpt.center.shape == (32,)
     assert json.loads((run / "config.json").read_text())["mode"] == mode
 
 
@@ -53,7 +54,7 @@ def test_training_changes_only_unfrozen_stages(dataset, tmp_path):
 
     finetune(dataset, tmp_path / "r", FinetuneConfig(mode="partial", objective="proto", unfreeze=1,
                                                      **{**FAST, "epochs": 3}))
-    trained = load_checkpoint(tmp_path / "r")["model"]
+    trained = load_checkpoint(tmp_path / "r").model
     original = get_backbone("tiny")[0].state_dict()
     changed = {k.split(".")[1] for k in original if "weight" in k and not torch.equal(original[k], trained[k])}
     assert changed <= {"3"}  # only the last of the four stages

@@ -79,7 +79,9 @@ def test_bad_labels_are_refused(gallery, sample_files, label):
 def test_remove_rename_and_add_shots(gallery, sample_files):
     gallery.rename("cup", "mug")
     assert "mug" in gallery.labels() and "cup" not in gallery.labels()
-    gallery.enroll("mug", sample_files["cup"][:1])
+    again = gallery.enroll("mug", sample_files["cup"][:1])  # the same picture: skipped
+    assert (again.added, again.duplicates) == (0, 1)
+    gallery.enroll("mug", sample_files["cup"][:1], allow_duplicates=True)
     assert {c.label: c.samples for c in gallery.classes()}["mug"] == 4
     gallery.remove("mug")
     assert "mug" not in gallery.labels()

@@ -8,6 +8,7 @@ import pytest
 
 from tledge.runtime import Gallery
 from tledge.runtime.gallery import CACHE_NAME
+from tledge.runtime.gallery_cache import CacheKey, load_cache
 from tledge.runtime.gallery_index import VectorIndex, build_faiss, ivf_lists, search_faiss
 
 
@@ -71,9 +72,11 @@ def test_gallery_switches_index_by_size_and_keeps_answers(tmp_path, embedder):
     g.enroll_vectors("late", x[:5])
     assert g._current() is index and index.size == 3005
     g.close()
-    cached = VectorIndex.load(tmp_path / "g" / CACHE_NAME, index.generation, dim)
-    assert cached is not None and cached.kind == index.kind
     with Gallery.open(tmp_path / "g", embedder) as again:
+        snap = again.store.snapshot(dim)
+        cached = load_cache(tmp_path / "g" / CACHE_NAME, CacheKey(snap.gallery_id, snap.content),
+                            snap.sample_ids, snap.class_ids, dim)
+        assert cached is not None and cached.kind == index.kind
         assert [lab for lab, _ in again.best_matches(q, "nearest")] == near
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -142,7 +143,9 @@ def test_a_video_that_appears_later_is_picked_up(tiny_model, kiosk_gallery, clip
 
 
 def _get(url: str, data: bytes | None = None, headers: dict | None = None):
-    req = urllib.request.Request(url, data=data, headers=headers or {})
+    headers = {**({"Content-Type": "application/json"} if data is not None else {}),
+               **(headers or {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             body = resp.read()
@@ -279,3 +282,115 @@ def test_cli_refuses_enrollment_without_a_token(tiny_model, kiosk_gallery, clip,
     assert "token of at least 16 characters" in capsys.readouterr().err
     assert main(args + ["--no-http"]) == 1
     assert "drop --no-http" in capsys.readouterr().err
+
+
+# -- events never block the loop (stdout) -------------------------------------------------------
+def test_an_unread_stdout_never_stalls_the_kiosk(tiny_model, kiosk_gallery, clip, tmp_path):
+    cmd = kiosk_command(sys.executable, tiny_model, kiosk_gallery, clip, "--loop",
+                        "--every-frame", "--exit-after", "5", "--port", "0")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        try:
+            code = proc.wait(timeout=90)  # nobody reads stdout while it runs
+        finally:
+            proc.kill()
+    assert code == 0, (tmp_path / "stderr.txt").read_text()
+    lines = proc.stdout.read().decode().splitlines()
+    proc.stdout.close()
+    assert json.loads(lines[0])["event"] == "started"
+    assert len(lines) > 50  # it kept publishing frames until the pipe was full
+
+
+def _status(url: str) -> dict:
+    try:
+        return _get(url + "/status")[1] or {}
+    except OSError:  # not listening (yet, or any more)
+        return {}
+
+
+def test_a_closed_stdout_does_not_kill_the_kiosk(tiny_model, kiosk_gallery, clip, tmp_path):
+    cmd = kiosk_command(sys.executable, tiny_model, kiosk_gallery, clip, "--loop",
+                        "--every-frame", "--exit-after", "8", "--port", "0")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        try:
+            started = json.loads(proc.stdout.readline())
+            proc.stdout.close()  # the reader goes away
+            url = started["http"]
+            assert _wait(lambda: _status(url).get("stdout_closed") is True)
+            assert _get(url + "/health")[0] == 200
+            code = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    log = (tmp_path / "stderr.txt").read_text()
+    assert code == 0, log
+    assert log.count("stdout is closed") == 1 and "Traceback" not in log
+
+
+def test_a_full_stdout_queue_drops_and_counts_events(caplog):
+    from tledge.kiosk.sinks import QueuedSink
+
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "w") as out:
+        sink = QueuedSink(out, capacity=64)
+        hub = EventHub([sink])
+        for i in range(3000):  # the pipe holds ~64 KB: the writer blocks, the queue fills
+            hub.publish({"event": "frame", "frame": i, "pad": "x" * 100})
+        assert sink.dropped > 0 and hub.stats()["events_dropped"] == sink.dropped
+        data, reported = b"", 0
+        while reported < sink.dropped:  # the writer reports every drop once it catches up
+            ready, _, _ = select.select([read_fd], [], [], 10)
+            assert ready, f"only {reported} of {sink.dropped} drops reported"
+            data += os.read(read_fd, 1 << 16)
+            lines = [json.loads(line) for line in data.split(b"\n")[:-1]]
+            reports = [e for e in lines if e["event"] == "events_dropped"]
+            reported = sum(e["count"] for e in reports)
+        assert reports[-1]["total"] == sink.dropped
+        assert len(lines) - len(reports) + sink.dropped == 3000  # each event written or counted
+        os.close(read_fd)  # the reader goes away: one log line, nothing raised
+        with caplog.at_level("WARNING", logger="tledge"):
+            for i in range(10):
+                hub.publish({"event": "frame", "frame": i})
+            assert _wait(lambda: sink.broken, timeout=10)
+            hub.publish({"event": "frame", "frame": -1})
+        assert caplog.text.count("stdout is closed") == 1
+        sink.close()
+
+
+# -- numbers are range-checked ---------------------------------------------------------------------
+@pytest.mark.parametrize("field, value", [
+    ("threshold", 2.0), ("threshold", float("nan")), ("max_frames", 0), ("threads", 0),
+    ("stable_frames", 0), ("smoothing", 0), ("exit_after", 0.0), ("exit_after", float("inf")),
+    ("stale_after", -1.0), ("retry_max", float("nan")), ("roi", (0, 0, 4, 4))])
+def test_config_refuses_out_of_range_numbers(field, value, tmp_path):
+    config = KioskConfig(model=tmp_path / "m.onnx", gallery=tmp_path / "g", source="0",
+                         **{field: value})
+    with pytest.raises(TledgeError, match="must"):
+        config.validate()
+
+
+@pytest.mark.parametrize("args", [
+    ["--threshold", "2"], ["--threshold", "nan"], ["--max-frames", "0"], ["--threads", "0"],
+    ["--stable", "0"], ["--smoothing", "0"], ["--exit-after", "0"], ["--retry-max", "inf"],
+    ["--stale-after", "-1"], ["--port", "65536"], ["--port", "-1"],
+    ["--allowed-host", "http://evil.example"], ["--idle-timeout", "0"]])
+def test_cli_range_checks_kiosk_numbers(args, tmp_path, capsys):
+    from tledge.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["kiosk", "--model", str(tmp_path / "m.onnx"), "--gallery", str(tmp_path / "g"),
+              "--source", str(tmp_path / "none.avi"), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert args[0] in err and ("range" in err or "finite" in err or "not a host" in err), err
+
+
+def test_cli_refuses_a_remote_address_without_allow_remote(tiny_model, kiosk_gallery, clip,
+                                                           capsys):
+    from tledge.cli import main
+
+    args = ["kiosk", "--model", str(tiny_model), "--gallery", str(kiosk_gallery), "--source",
+            str(clip), "--host", "192.0.2.1", "--port", "0"]
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: even a missing check binds nothing
+    assert main(args) == 1
+    assert "--allow-remote" in capsys.readouterr().err

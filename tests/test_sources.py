@@ -77,3 +77,21 @@ def test_roi_crops_and_clips():
     assert crop_roi(img, (70, 90, 50, 50)).shape == (10, 10, 3)
     with pytest.raises(Exception, match="outside"):
         crop_roi(img, (200, 200, 10, 10))
+
+
+def test_folder_beyond_the_walk_limit_is_a_source_error(tmp_path, sample_files, monkeypatch):
+    from tledge.runtime import folders
+
+    for i, f in enumerate(sample_files["cup"][:2]):
+        (tmp_path / f"{i}.jpg").write_bytes(f.read_bytes())
+    monkeypatch.setattr(folders, "MAX_FOLDER_FILES", 1)
+    with pytest.raises(SourceError, match=r"more than 1 images under this folder"):
+        open_source(tmp_path)
+
+
+def test_folder_source_with_a_linked_loop_ends(tmp_path, sample_files):
+    for i, f in enumerate(sample_files["cup"][:2]):
+        (tmp_path / f"{i}.jpg").write_bytes(f.read_bytes())
+    (tmp_path / "loop").symlink_to(".")
+    with open_source(tmp_path) as src:
+        assert [f.name.rsplit("/", 1)[-1] for f in src] == ["0.jpg", "1.jpg"]

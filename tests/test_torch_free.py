@@ -33,15 +33,41 @@ def test_runtime_runs_with_torch_blocked(tiny_model, tmp_path):
     assert out.stdout.startswith("[")
 
 
-def test_cli_recognize_runs_with_torch_blocked(tiny_model, tmp_path):
-    code = ("import sys; sys.modules['torch'] = None; from tledge.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    from tledge.samples import enroll_dir
+CLI = """
+import sys
+sys.modules["torch"] = None          # any `import torch` now raises ImportError
+sys.modules["torchvision"] = None
+from tledge.cli import main
+code = main(sys.argv[1:])
+assert not any(m.startswith("torch") for m in sys.modules if sys.modules[m] is not None)
+sys.exit(code)
+"""
 
-    args = ["enroll", "--model", str(tiny_model), "--gallery", str(tmp_path / "g"),
-            "--folder", str(enroll_dir())]
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+def run_cli_without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True,
+                          timeout=180)
+
+
+def test_cli_recognize_runs_with_torch_blocked(tiny_model, tmp_path):
+    import json
+
+    from tledge.samples import enroll_dir, query_dir
+
+    model, gallery = ["--model", str(tiny_model)], ["--gallery", str(tmp_path / "g")]
+    out = run_cli_without_torch("enroll", *model, *gallery, "--folder", str(enroll_dir()),
+                                "--shots", "2")
     assert out.returncode == 0, out.stderr
+    assert "cup: 2 samples" in out.stdout
+    out = run_cli_without_torch("recognize", *model, *gallery, "--json", "--threshold", "-1",
+                                str(query_dir() / "cup"))
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == len(list((query_dir() / "cup").glob("*.jpg"))) == 3
+    assert all(r["known"] and r["label"] == r["candidate"] and r["latency_ms"] > 0
+               for r in rows)
+    classes = {d.name for d in enroll_dir().iterdir() if d.is_dir()}
+    assert {r["label"] for r in rows} <= classes
 
 
 def test_import_linter_contracts_hold():

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tledge import __version__
+from tledge.cli_types import cosine, fraction, positive_int
 from tledge.errors import TledgeError
 
 log = logging.getLogger("tledge")
@@ -22,7 +23,8 @@ log = logging.getLogger("tledge")
 def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", "-m", type=Path, required=required, help="exported .onnx model")
     p.add_argument("--providers", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="ONNX Runtime intra-op threads (at least 1)")
 
 
 def _embedder(args):
@@ -61,14 +63,17 @@ def cmd_enroll(args) -> int:
             total = sum(len(f[:args.shots] if args.shots else f)
                         for f in class_folders(args.folder).values())
             with _progress(total, "enrolling") as bar:
-                results = enroll_folder(gallery, args.folder, args.shots, bar.update)
+                results = enroll_folder(gallery, args.folder, args.shots, bar.update,
+                                        allow_duplicates=args.allow_duplicates)
         else:
             with _progress(len(args.images), f"enrolling {args.label}") as bar:
                 results = [gallery.enroll(args.label, args.images, skip_bad=True,
-                                          progress=bar.update)]
+                                          progress=bar.update,
+                                          allow_duplicates=args.allow_duplicates)]
         failed = 0
         for res in results:
-            print(f"{res.label}: {res.added} samples")
+            again = f" ({res.duplicates} already enrolled, skipped)" if res.duplicates else ""
+            print(f"{res.label}: {res.added} samples{again}")
             for name, msg in res.failed:
                 print(f"  skipped {name}: {msg}", file=sys.stderr)
                 failed += 1
@@ -84,8 +89,7 @@ def cmd_recognize(args) -> int:
     embedder = _embedder(args)
     embedder.warmup()  # so the first image's reported latency is not the session's start-up
     with Gallery.open(args.gallery, embedder) as gallery:
-        gallery.mode = args.mode
-        recognizer = Recognizer(embedder, gallery, args.smoothing, args.threshold)
+        recognizer = Recognizer(embedder, gallery, args.smoothing, args.threshold, mode=args.mode)
         errors = 0
         for item in recognize_sources(recognizer, args.sources, args.max_frames, args.every):
             errors += item.error is not None
@@ -104,6 +108,8 @@ def cmd_recognize(args) -> int:
 def cmd_gallery(args) -> int:
     from tledge.runtime import Gallery
 
+    if args.action in ("backup", "restore"):
+        return _backup_or_restore(args)
     embedder = _embedder(args) if args.model else None
     if args.action == "reembed" and embedder is None:
         raise TledgeError("gallery reembed needs --model NEW_MODEL.onnx")
@@ -134,6 +140,20 @@ def cmd_gallery(args) -> int:
         elif args.action == "reembed":
             n = gallery.reembed(embedder)
             print(f"re-embedded {n} samples with {embedder.info.describe()}")
+    return 0
+
+
+def _backup_or_restore(args) -> int:
+    from tledge.runtime import gallery_backup
+
+    if args.action == "backup":
+        out = gallery_backup.backup(args.gallery, args.output)
+        print(f"backed up {args.gallery} to {out['path']}: {out['classes']} classes, "
+              f"{out['samples']} samples, {out['bytes'] / 1e6:.1f} MB (integrity checked)")
+    else:
+        out = gallery_backup.restore(args.backup, args.gallery)
+        print(f"restored {args.gallery} from {args.backup}: {out['classes']} classes, "
+              f"{out['samples']} samples")
     return 0
 
 
@@ -176,8 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--folder", type=Path, help="folder of class folders: DIR/<label>/*.jpg")
     group.add_argument("--label", help="the label of IMAGE...")
-    p.add_argument("--shots", type=int, help="with --folder: use the first K images per class")
+    p.add_argument("--shots", type=positive_int,
+                   help="with --folder: use the first K images per class")
     p.add_argument("images", nargs="*", type=Path, help="with --label: the images")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="also store pictures the class already holds (default: skip them, "
+                        "so a run can be repeated safely)")
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("recognize", help="recognise images, folders, videos or a webcam")
@@ -185,11 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", "-g", type=Path, required=True)
     p.add_argument("sources", nargs="+", help="image, folder, video file or webcam index")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--threshold", type=float, help="override the gallery's threshold")
+    p.add_argument("--threshold", type=cosine,
+                   help="override the gallery's threshold (a cosine in [-1, 1])")
     p.add_argument("--mode", choices=("prototype", "nearest"), default="prototype")
-    p.add_argument("--smoothing", type=int, default=1, help="average over N frames")
-    p.add_argument("--max-frames", type=int, help="stop each source after N frames")
-    p.add_argument("--every", type=int, default=1, help="use every Nth frame of a video")
+    p.add_argument("--smoothing", type=positive_int, default=1, help="average over N frames")
+    p.add_argument("--max-frames", type=positive_int, help="stop each source after N frames")
+    p.add_argument("--every", type=positive_int, default=1, help="use every Nth frame of a video")
     p.set_defaults(func=cmd_recognize)
 
     p = sub.add_parser("gallery", help="inspect or edit a gallery")
@@ -198,27 +223,37 @@ def build_parser() -> argparse.ArgumentParser:
                         ("remove", "delete a class"), ("rename", "rename a class"),
                         ("threshold", "show or set the open-set threshold"),
                         ("calibrate", "set the threshold from the gallery's own samples"),
-                        ("reembed", "re-embed stored crops with another model")):
+                        ("reembed", "re-embed stored crops with another model"),
+                        ("backup", "write a consistent, checked copy of the database"),
+                        ("restore", "replace the database with a checked backup")):
         a = actions.add_parser(name, help=help_)
         a.add_argument("--gallery", "-g", type=Path, required=True)
-        _model_args(a, required=name == "reembed")
         a.set_defaults(func=cmd_gallery)
+        if name in ("backup", "restore"):
+            a.add_argument(*(["output"] if name == "backup" else ["backup"]), type=Path,
+                           help="the backup file (a folder: FOLDER/gallery.sqlite)"
+                           if name == "backup" else "a file written by `gallery backup`")
+            continue
+        _model_args(a, required=name == "reembed")
         if name == "remove":
             a.add_argument("label")
         elif name == "rename":
             a.add_argument("old")
             a.add_argument("new")
         elif name == "threshold":
-            a.add_argument("value", type=float, nargs="?")
+            a.add_argument("value", type=cosine, nargs="?", help="a cosine in [-1, 1]")
         elif name == "calibrate":
-            a.add_argument("--far", type=float, default=0.05,
-                           help="false-accept rate to allow (default 0.05)")
+            a.add_argument("--far", type=fraction, default=0.05,
+                           help="false-accept rate to allow, in (0, 1) (default 0.05)")
 
     from tledge import cli_models, cli_train
+    from tledge.fleet import cli as cli_fleet
     from tledge.kiosk import cli as cli_kiosk
 
+    cli_fleet.add_sync_parser(actions, _model_args)
     cli_models.add_export_parsers(sub)
     cli_kiosk.add_parser(sub, _model_args)
+    cli_fleet.add_parsers(sub, _model_args)
     cli_train.add_parsers(sub, _model_args)
 
     p = sub.add_parser("demo", help="run the end-to-end demo on the shipped sample images")
@@ -233,22 +268,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet"}
+
+
+def _split_gui(argv: list[str]) -> tuple[dict[str, bool], list[str]] | None:
+    """(global flags, app arguments) when ``argv`` is ``[GLOBAL FLAGS...] gui ARGS``.
+
+    The app has its own parser, so everything after ``gui`` is handed over untouched; only
+    the global flags before it are read here (argparse would reject the app's options).
+    """
+    flags = {"debug": False, "quiet": False}
+    for i, arg in enumerate(argv):
+        if arg == "gui":
+            return flags, argv[i + 1:]
+        if arg not in GLOBAL_FLAGS:
+            return None
+        flags[GLOBAL_FLAGS[arg]] = True
+    return None
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tledge: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["gui"]:
-        return run_gui(argv[1:])
+    gui = _split_gui(argv)
+    if gui is not None:
+        _setup_logging(**gui[0])
+        return run_gui(gui[1])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "enroll" and args.label and not args.images:
         parser.error("enroll --label NAME needs at least one IMAGE")
     if args.command == "enroll" and args.folder and args.images:
         parser.error("enroll --folder takes no IMAGE arguments")
-    level = logging.WARNING if args.quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tledge: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if args.debug else level)
-    log.propagate = False
+    _setup_logging(args.debug, args.quiet)
     try:
         return args.func(args)
     except KeyboardInterrupt:

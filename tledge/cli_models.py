@@ -7,7 +7,34 @@ import json
 import sys
 from pathlib import Path
 
+from tledge.cli_types import cosine, int_range, positive_float, positive_int, probability
 from tledge.errors import TledgeError
+
+NON_NEGATIVE_INT = int_range(0)
+MAX_GALLERY_SIZE = 10_000_000   # synthetic vectors held in memory: ~20 GB at 512-d
+
+
+def gallery_sizes(text: str) -> str:
+    """``--sizes``: comma-separated gallery sizes (1e5 style allowed), each >= 1.
+
+    Returned as plain comma-separated integers, the form ``tledge.bench`` reads."""
+    sizes = []
+    for part in (s.strip() for s in text.split(",") if s.strip()):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a number") from None
+        if not (value.is_integer() and 1 <= value <= MAX_GALLERY_SIZE):
+            raise argparse.ArgumentTypeError(
+                f"{part} is out of range: each size must be a whole number between 1 and "
+                f"{MAX_GALLERY_SIZE:,}")
+        sizes.append(int(value))
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one size, e.g. 1000,10000")
+    return ",".join(str(size) for size in sizes)
+
+
+gallery_sizes.__name__ = "sizes"
 
 
 def cmd_export(args) -> int:
@@ -98,20 +125,21 @@ def cmd_quantize(args) -> int:
 def _precision_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=default)
     p.add_argument("--calib", type=Path, help="int8: calibration images (default: the samples)")
-    p.add_argument("--calib-limit", type=int, default=200, help="int8: images used at most")
+    p.add_argument("--calib-limit", type=positive_int, default=200,
+                   help="int8: images used at most")
     p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"),
                    default="minmax")
-    p.add_argument("--float-first", type=int, default=1,
+    p.add_argument("--float-first", type=NON_NEGATIVE_INT, default=1,
                    help="int8: convolutions kept in float at the input (default 1)")
-    p.add_argument("--float-last", type=int, default=1,
+    p.add_argument("--float-last", type=NON_NEGATIVE_INT, default=1,
                    help="int8: convolutions kept in float at the output (default 1)")
     p.add_argument("--keep-float", action="append", metavar="NODE",
                    help="int8: another graph node to keep in float (repeatable)")
     p.add_argument("--gate-images", type=Path,
                    help="class folders for the accuracy gate (default: the samples)")
-    p.add_argument("--min-cosine-gate", type=float, default=0.98,
+    p.add_argument("--min-cosine-gate", type=cosine, default=0.98,
                    help="gate: least mean cosine to fp32 (default 0.98)")
-    p.add_argument("--min-agreement", type=float, default=0.98,
+    p.add_argument("--min-agreement", type=probability, default=0.98,
                    help="gate: least nearest-neighbour top-1 agreement (default 0.98)")
     p.add_argument("--force", action="store_true", help="write the model even if the gate fails")
 
@@ -159,7 +187,7 @@ def _bench_gallery(args) -> int:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
+    sizes = [int(s) for s in args.sizes.split(",")]
     rows = G.gallery_scaling(real, sizes, progress=lambda r: print(
         f"  {r['size']:,}: {r['index']}, p50 {r['p50_ms']:.2f} ms, recall@1 "
         f"{r['recall_at_1']:.3f}", file=sys.stderr))
@@ -175,17 +203,19 @@ def add_export_parsers(sub) -> None:
     p.add_argument("--allow-download", action="store_true",
                    help="let torchvision download weights that are not available offline")
     p.add_argument("--parity-images", type=Path, help="folder of images for the parity check")
-    p.add_argument("--threshold", type=float, help="default open-set threshold to record")
+    p.add_argument("--threshold", type=cosine,
+                   help="default open-set threshold to record (a cosine in [-1, 1])")
     p.add_argument("--checkpoint", type=Path, help="a `tledge finetune` run directory to export")
     p.add_argument("--no-centering", action="store_true",
                    help="with --checkpoint: plain L2 normalisation instead of CL2N centring")
     _precision_args(p, "fp32")
-    p.add_argument("--qat-steps", type=int, default=200,
+    p.add_argument("--qat-steps", type=NON_NEGATIVE_INT, default=200,
                    help="int8: steps of int8-aware distillation before quantising (0: "
                         "post-training quantisation only; default 200, ~8 min on 2 CPU cores)")
-    p.add_argument("--qat-batch", type=int, default=16, help="int8: images per step")
-    p.add_argument("--qat-lr", type=float, default=2e-5, help="int8: distillation learning rate")
-    p.add_argument("--qat-images", type=int, default=1000,
+    p.add_argument("--qat-batch", type=positive_int, default=16, help="int8: images per step")
+    p.add_argument("--qat-lr", type=positive_float, default=2e-5,
+                   help="int8: distillation learning rate")
+    p.add_argument("--qat-images", type=positive_int, default=1000,
                    help="int8: calibration-folder images the distillation draws from")
     p.set_defaults(func=cmd_export)
 
@@ -202,7 +232,7 @@ def add_bench_parser(sub) -> None:
                        "MODEL...: runtimes and precisions; --gallery: search by size")
     p.add_argument("models", nargs="*", type=Path,
                    help="models to compare (fp32 first), e.g. m.onnx m_fp16.onnx m_int8.onnx")
-    p.add_argument("--batch", type=int, default=1, help="MODEL...: images per call")
+    p.add_argument("--batch", type=positive_int, default=1, help="MODEL...: images per call")
     p.add_argument("--providers", default="cpu", help="MODEL...: ONNX Runtime providers")
     p.add_argument("--no-torch", action="store_true", help="MODEL...: skip PyTorch eager")
     p.add_argument("--plot", type=Path, help="MODEL...: write a latency chart (PNG)")
@@ -213,9 +243,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--backbone", default="mobilenet_v2")
     p.add_argument("--model", type=Path, help="exported model (default: export to --workdir)")
     p.add_argument("--workdir", type=Path, default=Path("tledge-demo"))
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--sizes", default="1000,10000,100000", help="gallery sizes for search")
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=30)
+    p.add_argument("--sizes", type=gallery_sizes, default="1000,10000,100000",
+                   help="gallery sizes for search")
     p.add_argument("--video", type=Path, help="frames for frame->label (default: the shared "
                    "bottle video when present, else the sample images)")
     p.add_argument("--json", action="store_true")

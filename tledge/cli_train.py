@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import fields
 from pathlib import Path
 
+from tledge.cli_types import float_range, fraction, int_range, positive_float, positive_int
 from tledge.errors import TledgeError
+
+# Ranges of the training options: a usage error (exit 2) names the option and what is right.
+SEED = int_range(0, 2**32 - 1)          # numpy's generators take 32-bit unsigned seeds
+NON_NEGATIVE = float_range(0.0)
+RANGES = {
+    "unfreeze": positive_int, "epochs": positive_int, "steps-per-epoch": positive_int,
+    "batch": int_range(2), "lr": positive_float, "backbone-lr-mult": NON_NEGATIVE,
+    "weight-decay": NON_NEGATIVE, "way": int_range(2), "anchor": NON_NEGATIVE,
+    "shot": positive_int, "query": positive_int, "views": positive_int,
+    "val-fraction": fraction, "patience": positive_int, "seed": SEED,
+    "trade-off": NON_NEGATIVE,
+}
+
+
+def way_or_all(text: str) -> int | str:
+    """``--way``: classes per episode (at least 2), or ``all``."""
+    return "all" if text == "all" else int_range(2)(text)
+
+
+way_or_all.__name__ = "way"
+
+
+def task_weights(text: str) -> tuple[float, ...]:
+    """``--task-weights``: comma-separated finite weights >= 0, not all zero."""
+    weights = tuple(NON_NEGATIVE(part.strip()) for part in text.split(","))
+    if not any(weights):
+        raise argparse.ArgumentTypeError("at least one task weight must be above 0")
+    return weights
+
+
+task_weights.__name__ = "task weights"
+
+
+def _range_args(p: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    for name in names:
+        p.add_argument(f"--{name}", type=RANGES[name], dest=name.replace("-", "_"))
 
 
 def cmd_finetune(args) -> int:
@@ -56,9 +94,7 @@ def _config_args(cls, args) -> dict:
 def _episodes(args):
     from tledge.evaluate import Episodes
 
-    way = None if str(args.way) == "all" else int(args.way)
-    if args.shot < 1 or args.query < 1 or args.episodes < 1:
-        raise TledgeError("--shot, --query and --episodes must be at least 1")
+    way = None if args.way == "all" else args.way  # ranges: checked by the parser
     return Episodes(way, args.shot, args.query, args.episodes, args.seed)
 
 
@@ -75,7 +111,7 @@ def cmd_multitask(args) -> int:
         spec = TaskSpec.from_csv(args.spec)
     values = _config_args(MultitaskConfig, args)
     if args.task_weights:
-        values["task_weights"] = tuple(float(w) for w in args.task_weights.split(","))
+        values["task_weights"] = args.task_weights
     summary = multitask(spec, args.output, MultitaskConfig(**values))
     print(json.dumps(summary, indent=2))
     print(f"export it with: tledge export --checkpoint {args.output} --output model.onnx")
@@ -122,13 +158,12 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--output", "-o", type=Path, required=True, help="run directory")
     p.add_argument("--backbone")
     p.add_argument("--mode", choices=("head", "partial", "full"))
-    p.add_argument("--unfreeze", type=int, help="partial: how many final stages to train")
+    p.add_argument("--unfreeze", type=positive_int,
+                   help="partial: how many final stages to train")
     p.add_argument("--objective", choices=("ce", "proto", "supcon", "cosface"))
-    for name, typ in (("epochs", int), ("steps-per-epoch", int), ("lr", float),
-                      ("backbone-lr-mult", float), ("weight-decay", float), ("way", int),
-                      ("anchor", float), ("shot", int), ("query", int), ("views", int),
-                      ("val-fraction", float), ("patience", int), ("seed", int)):
-        p.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
+    _range_args(p, ("epochs", "steps-per-epoch", "lr", "backbone-lr-mult", "weight-decay",
+                    "way", "anchor", "shot", "query", "views", "val-fraction", "patience",
+                    "seed"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--weights", help="start from this state dict instead of the published one")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -137,15 +172,17 @@ def add_parsers(sub, model_args) -> None:
     p = sub.add_parser("split-classes", help="split a dataset's classes into base and novel")
     p.add_argument("data", type=Path)
     p.add_argument("--output", "-o", type=Path, required=True)
-    p.add_argument("--fraction", type=float, default=0.67, help="share of classes in base")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=fraction, default=0.67,
+                   help="share of classes in base, in (0, 1)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("split-images", help="split every class's images in two (adapt / eval)")
     p.add_argument("data", type=Path)
     p.add_argument("--output", "-o", type=Path, required=True)
-    p.add_argument("--fraction", type=float, default=0.5, help="share of images in adapt/")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=fraction, default=0.5,
+                   help="share of images in adapt/, in (0, 1)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(func=cmd_split_images)
 
     p = sub.add_parser("adapt", help="adapt a model from labelled source to unlabelled target "
@@ -163,11 +200,8 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--select", choices=("last", "source", "im"),
                    help="checkpoint kept, chosen without target labels: last (default), "
                         "source (held-out source accuracy) or im (information maximisation)")
-    for name, typ in (("unfreeze", int), ("epochs", int), ("steps-per-epoch", int),
-                      ("batch", int), ("lr", float), ("backbone-lr-mult", float),
-                      ("weight-decay", float), ("trade-off", float), ("views", int),
-                      ("val-fraction", float), ("seed", int)):
-        p.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
+    _range_args(p, ("unfreeze", "epochs", "steps-per-epoch", "batch", "lr", "backbone-lr-mult",
+                    "weight-decay", "trade-off", "views", "val-fraction", "seed"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--weights", help="start from this state dict instead of the published one")
     p.set_defaults(func=cmd_adapt)
@@ -179,13 +213,15 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--model", "-m", type=Path, action="append", required=True,
                    help="exported model (give two for compare: A then B)")
     p.add_argument("--providers", default="auto")
-    p.add_argument("--way", default="5", help="classes per episode, or 'all'")
-    p.add_argument("--shot", type=int, default=1)
-    p.add_argument("--query", type=int, default=5)
-    p.add_argument("--episodes", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--way", type=way_or_all, default=5,
+                   help="classes per episode (at least 2), or 'all'")
+    p.add_argument("--shot", type=positive_int, default=1)
+    p.add_argument("--query", type=positive_int, default=5)
+    p.add_argument("--episodes", type=positive_int, default=300)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--unknown", type=Path, help="images of no class, for open-set figures")
-    p.add_argument("--far", type=float, default=0.05, help="false-accept rate for the threshold")
+    p.add_argument("--far", type=fraction, default=0.05,
+                   help="false-accept rate for the threshold, in (0, 1)")
     p.add_argument("--head", help="classify: which head (default: the first)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -199,11 +235,9 @@ def add_parsers(sub, model_args) -> None:
     p.add_argument("--output", "-o", type=Path, required=True, help="run directory")
     p.add_argument("--backbone")
     p.add_argument("--weighting", choices=("fixed", "uncertainty"))
-    p.add_argument("--task-weights", help="fixed weighting: comma-separated, one per task")
-    for name, typ in (("unfreeze", int), ("epochs", int), ("steps-per-epoch", int),
-                      ("batch", int), ("lr", float), ("backbone-lr-mult", float),
-                      ("weight-decay", float), ("views", int), ("val-fraction", float),
-                      ("seed", int)):
-        p.add_argument(f"--{name}", type=typ, dest=name.replace("-", "_"))
+    p.add_argument("--task-weights", type=task_weights,
+                   help="fixed weighting: comma-separated weights >= 0, one per task")
+    _range_args(p, ("unfreeze", "epochs", "steps-per-epoch", "batch", "lr", "backbone-lr-mult",
+                    "weight-decay", "views", "val-fraction", "seed"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_multitask)

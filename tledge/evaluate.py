@@ -7,6 +7,7 @@ the figures measure the code that users run, not a copy of its maths.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,25 +73,38 @@ def embed_unknown(embedder: Embedder, root: Path) -> np.ndarray:
 
 
 def run_episodes(embedder: Embedder, vectors: dict[str, np.ndarray], plan,
-                 unknown: np.ndarray | None = None, mode: str = "prototype") -> dict:
-    """Per-episode accuracy (and open-set scores) through real galleries."""
-    accs, known_scores, unknown_scores = [], [], []
+                 unknown: np.ndarray | None = None, mode: str = "prototype",
+                 queries: dict[str, np.ndarray] | None = None,
+                 unknown_per_episode: list[np.ndarray] | None = None) -> dict:
+    """Per-episode accuracy (and open-set scores) through real galleries.
+
+    Shots come from ``vectors``, queries from ``queries`` (default: the same vectors; e.g.
+    embeddings of other views). Unknowns: ``unknown`` (n, dim) in every episode, or
+    ``unknown_per_episode[i]`` in episode i; then ``per_episode_auroc`` is each episode's
+    AUROC of correct known queries against its unknowns (NaN where it has none).
+    """
+    queries = vectors if queries is None else queries
+    accs, known_scores, unknown_scores, aurocs = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="tledge-eval-") as tmp:
         for i, episode in enumerate(tqdm(plan, desc="episodes", disable=None, leave=False)):
             with Gallery.create(Path(tmp) / f"e{i}", embedder) as gallery:
                 for label, support, _ in episode:
                     gallery.enroll_vectors(label, vectors[label][support])
-                queries = np.concatenate([vectors[lab][q] for lab, _, q in episode])
+                batch = np.concatenate([queries[lab][q] for lab, _, q in episode])
                 truth = [lab for lab, _, q in episode for _ in q]
-                got = gallery.classify_batch(queries, mode=mode, threshold=-1.0)
+                got = gallery.classify_batch(batch, mode=mode, threshold=-1.0)
                 correct = [g[0] == t for g, t in zip(got, truth)]
                 accs.append(float(np.mean(correct)))
-                known_scores += [g[1] for g, ok in zip(got, correct) if ok]
-                if unknown is not None:
-                    unknown_scores += [s for _, s in gallery.classify_batch(unknown, mode=mode,
-                                                                            threshold=-1.0)]
+                known = [g[1] for g, ok in zip(got, correct) if ok]
+                known_scores += known
+                unk = unknown if unknown_per_episode is None else unknown_per_episode[i]
+                if unk is not None:
+                    scores = [s for _, s in gallery.classify_batch(unk, mode=mode,
+                                                                   threshold=-1.0)]
+                    unknown_scores += scores
+                    aurocs.append(auroc(np.array(known), np.array(scores)))
     return {"per_episode": np.array(accs), "known_scores": np.array(known_scores),
-            "unknown_scores": np.array(unknown_scores)}
+            "unknown_scores": np.array(unknown_scores), "per_episode_auroc": np.array(aurocs)}
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -116,8 +130,17 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * len(negative)))
 
 
+def check_far(far: float) -> float:
+    """``far`` as a false-accept rate strictly between 0 and 1, or a one-line error."""
+    if not (math.isfinite(float(far)) and 0.0 < float(far) < 1.0):
+        raise TledgeError(f"false-accept rate {far!r} must be a fraction in (0, 1), "
+                          "e.g. 0.05 for 5% of impostors accepted")
+    return float(far)
+
+
 def threshold_for_far(unknown_scores: np.ndarray, far: float) -> float:
     """The lowest threshold that accepts at most ``far`` of the unknown scores."""
+    check_far(far)
     if not len(unknown_scores):
         raise TledgeError("no unknown scores to set a threshold from")
     return float(np.quantile(unknown_scores, 1.0 - far, method="higher") + 1e-6)
@@ -126,6 +149,7 @@ def threshold_for_far(unknown_scores: np.ndarray, far: float) -> float:
 def fewshot(model: Path, data: Path, episodes: Episodes, unknown: Path | None = None,
             far: float = 0.05, providers: str = "auto") -> dict:
     """Mean accuracy with a 95% interval; with ``unknown`` also AUROC and a threshold."""
+    check_far(far)
     embedder = Embedder(model, providers=providers)
     vectors = embed_folder(embedder, data)
     plan = episodes.plan({c: len(v) for c, v in vectors.items()})
@@ -169,6 +193,7 @@ def calibrate(gallery: Gallery, far: float = 0.05) -> dict:
     a genuine score, the best other class an impostor score. The threshold accepts at most
     ``far`` of the impostors.
     """
+    check_far(far)  # before the leave-one-out pass, not after it
     labels, vecs = gallery.vectors()
     labels = np.array(labels)
     classes = sorted(set(labels))

@@ -1,11 +1,14 @@
 """The main window: live view, enrollment, gallery panel, threshold, status. No ML here:
-everything goes through ``tledge.runtime`` objects, and inference runs in the worker."""
+everything goes through ``tledge.runtime`` objects; inference runs in the worker, and models
+and galleries are opened by the loader, so the UI thread never waits on either."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QThread, QTimer
+from PySide6.QtCore import QSettings, Qt, QThread, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -25,19 +28,33 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tledge.errors import TledgeError
 from tledge.runtime import Embedder, Gallery, Recognizer
+from tledge_gui.loader import ModelLoader
+from tledge_gui.pin import PinLock
+from tledge_gui.signals import emit
 from tledge_gui.widgets import GalleryModel, VideoView, to_qimage
 from tledge_gui.worker import RecognitionWorker
 
 
 class MainWindow(QMainWindow):
+    """``model_ready`` / ``model_failed(message)`` answer each ``open_model``/``open_gallery``.
+
+    ``pin`` unlocks enrollment in kiosk mode; ``clock`` (monotonic seconds) times its lockout.
+    """
+
+    model_ready = Signal()
+    model_failed = Signal(str)
+
     def __init__(self, source: str, model: str | None, gallery: str | None, kiosk: bool = False,
-                 pin: str | None = None, settings: QSettings | None = None) -> None:
+                 pin: str | None = None, settings: QSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.setWindowTitle("tledge — recognise objects")
         self.settings = settings or QSettings("tledge", "tledge-gui")
-        self.kiosk, self.pin = kiosk, pin
+        self.kiosk = kiosk
+        self.pin_lock = PinLock(pin, clock) if pin else None
+        self.loading = False
+        self._request = 0  # the newest load request; older answers are dropped
         self.embedder: Embedder | None = None
         self.gallery: Gallery | None = None
         self.shots: list = []
@@ -53,6 +70,7 @@ class MainWindow(QMainWindow):
         self.status_label = QLabel("starting")
         self.statusBar().addPermanentWidget(self.status_label)
         self._start_worker(source)
+        self._start_loader()
         if model:
             self.open_model(model, gallery)
         if kiosk:
@@ -141,10 +159,21 @@ class MainWindow(QMainWindow):
         self.view.roi_changed.connect(self.set_roi)
         self.thread.start()
 
+    def _start_loader(self) -> None:
+        self.loader_thread = QThread(self)
+        self.loader = ModelLoader()
+        self.loader.moveToThread(self.loader_thread)
+        self.loader.ready.connect(self._on_loaded)
+        self.loader.failed.connect(self._on_load_failed)
+        self.loader_thread.start()
+
     def stop_worker(self) -> None:
         self.worker.stop()
         self.thread.quit()
         self.thread.wait(10_000)
+        self._request += 1  # an answer still in flight is dropped (and its gallery closed)
+        self.loader_thread.quit()
+        self.loader_thread.wait(30_000)
 
     def _on_frame(self, rgb, result, fps: float) -> None:
         if result is None:
@@ -181,58 +210,94 @@ class MainWindow(QMainWindow):
         if isinstance(tag, tuple) and tag[0] == "enroll":
             self.clear_shots()
             self.name_edit.clear()
-            self.statusBar().showMessage(f"enrolled {tag[1]!r} ({result.added} shots)", 5000)
-        if self.recognizer_ready():
-            self.worker.recognizer.reset()
+            skipped = getattr(result, "duplicates", 0)  # shots identical to stored ones
+            self.statusBar().showMessage(
+                f"enrolled {tag[1]!r} ({result.added} shots"
+                + (f", {skipped} identical skipped)" if skipped else ")"), 5000)
+        self.worker.reset_smoothing()
         self.gallery_model.refresh(self.gallery)
+
+    # -- model and gallery -----------------------------------------------------------------------
+    def open_model(self, model: str, gallery: str | None = None) -> None:
+        """Open ``model`` and ``gallery`` (default: next to the model) in the loader thread;
+        ``model_ready`` or ``model_failed`` tells when it is done. The current model and
+        gallery keep working until then."""
+        gallery = gallery or str(Path(model).with_suffix("")) + "-gallery"
+        self._request_load(model, None, gallery, f"loading model {Path(model).name}…")
+
+    def open_gallery(self, path: str) -> None:
+        """Open or create the gallery at ``path`` for the current model (in the loader)."""
+        if self.embedder is None:
+            self.show_error("open a model first")
+            emit(self.model_failed, "open a model first")
+            return
+        self._request_load(None, self.embedder, path, f"opening gallery {Path(path).name}…")
+
+    def _request_load(self, model: str | None, embedder: Embedder | None, gallery: str,
+                      text: str) -> None:
+        self._request += 1
+        self.loading = True
+        self.statusBar().showMessage(text)
+        if model is not None:
+            self.model_label.setText(text)
+        emit(self.loader.requested, self._request, model, embedder, gallery)
+
+    def _on_loaded(self, request: int, recognizer: Recognizer) -> None:
+        gallery = recognizer.gallery
+        if request != self._request:  # superseded, or the window is closing
+            gallery.close()
+            return
+        self.loading = False
+        self._show_model(recognizer.embedder)
+        self._swap_gallery(gallery)
+        self.settings.setValue("gallery", str(gallery.path))
+        self.threshold_slider.setValue(round(recognizer.threshold * 100))
+        self.worker.recognizer = recognizer
+        self.gallery_model.refresh(gallery)
+        self.error_label.hide()
+        self.statusBar().showMessage(f"ready: {gallery.path.name}", 5000)
+        emit(self.model_ready)
+
+    def _on_load_failed(self, request: int, message: str, embedder: Embedder | None) -> None:
+        if request != self._request:
+            return
+        self.loading = False
+        if embedder is not None:  # the model opened but its gallery did not: no recognition
+            self._show_model(embedder)
+            self.worker.recognizer = None
+            self._swap_gallery(None)
+            self.gallery_model.refresh(None)
+        elif self.embedder is not None:
+            self._show_model(self.embedder)  # the previous model is still the one in use
+        else:
+            self.model_label.setText("no model loaded")
+        self.show_error(message)
+        emit(self.model_failed, message)
+
+    def _show_model(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        info = embedder.info
+        self.model_label.setText(f"<b>{embedder.path.name}</b><br>{info.backbone}, "
+                                 f"{info.precision}, {info.embedding_dim}-d, "
+                                 f"{info.preprocess.crop_size}px<br>provider: {embedder.provider}")
+        self.settings.setValue("model", str(embedder.path))
+
+    def _swap_gallery(self, gallery: Gallery | None) -> None:
+        """Make ``gallery`` current; the old one is closed in the worker, after the frame and
+        the jobs that may still use it."""
+        old, self.gallery = self.gallery, gallery
+        if old is not None and old is not gallery:
+            self.worker.recognizer = None
+            self.worker.submit(("close", str(old.path)), old.close)
 
     def recognizer_ready(self) -> bool:
         return self.worker.recognizer is not None
 
-    # -- model and gallery -----------------------------------------------------------------------
-    def open_model(self, model: str, gallery: str | None = None) -> bool:
-        try:
-            embedder = Embedder(model)
-        except TledgeError as exc:
-            self.show_error(f"cannot open the model: {exc}")
-            return False
-        embedder.warmup()
-        self.embedder = embedder
-        info = embedder.info
-        self.model_label.setText(f"<b>{Path(model).name}</b><br>{info.backbone}, {info.precision}, "
-                                 f"{info.embedding_dim}-d, {info.preprocess.crop_size}px<br>"
-                                 f"provider: {embedder.provider}")
-        self.settings.setValue("model", str(model))
-        gallery = gallery or str(Path(model).with_suffix("")) + "-gallery"
-        return self.open_gallery(gallery)
-
-    def open_gallery(self, path: str) -> bool:
-        if self.embedder is None:
-            self.show_error("open a model first")
-            return False
-        self.worker.recognizer = None
-        try:
-            gallery = Gallery.open_or_create(path, self.embedder)
-        except TledgeError as exc:
-            self.gallery = None
-            self.gallery_model.refresh(None)
-            self.show_error(f"gallery not usable with this model: {exc}")
-            return False
-        if self.gallery is not None:
-            self.gallery.close()
-        self.gallery = gallery
-        self.settings.setValue("gallery", str(path))
-        self.threshold_slider.setValue(round(gallery.threshold * 100))
-        self.worker.recognizer = Recognizer(self.embedder, gallery, smoothing=3,
-                                            threshold=gallery.threshold)
-        self.gallery_model.refresh(gallery)
-        self.error_label.hide()
-        return True
-
     def _threshold_moved(self, value: int) -> None:
         self.threshold_label.setText(f"threshold {value / 100:.2f}")
-        if self.worker.recognizer is not None:
-            self.worker.recognizer.threshold = value / 100  # takes effect on the next frame
+        recognizer = self.worker.recognizer  # one read: the worker may swap it meanwhile
+        if recognizer is not None:
+            recognizer.threshold = value / 100  # takes effect on the next frame
 
     def _threshold_saved(self) -> None:
         if self.gallery is not None:
@@ -333,8 +398,7 @@ class MainWindow(QMainWindow):
         """Recognise (and capture) only this part of the frame; None for the whole frame."""
         self.view.roi = roi
         self.worker.roi = roi
-        if self.worker.recognizer is not None:
-            self.worker.recognizer.reset()
+        self.worker.reset_smoothing()
         self.view.update()
 
     def set_source(self, source: str) -> None:
@@ -349,19 +413,48 @@ class MainWindow(QMainWindow):
         self.unlock_edit.setPlaceholderText("PIN")
         self.unlock_edit.hide()
         self.unlock_edit.returnPressed.connect(self._try_unlock)
+        self.lock_label = QLabel()
+        self.lock_label.hide()
+        self.lock_timer = QTimer(self)  # counts the lockout down for the user
+        self.lock_timer.setInterval(1000)
+        self.lock_timer.timeout.connect(self._show_lock)
         self.statusBar().addWidget(self.unlock_edit)
+        self.statusBar().addWidget(self.lock_label)
         QShortcut(QKeySequence("Ctrl+E"), self, self._ask_pin)
 
     def _ask_pin(self) -> None:
-        if self.pin:  # no PIN configured: enrollment stays locked in kiosk mode
-            self.unlock_edit.show()
-            self.unlock_edit.setFocus()
+        if self.pin_lock is None:  # no PIN configured: enrollment stays locked in kiosk mode
+            return
+        if self._show_lock():
+            return
+        self.unlock_edit.show()
+        self.unlock_edit.setFocus()
 
     def _try_unlock(self) -> None:
-        ok = self.unlock_edit.text() == self.pin
+        text = self.unlock_edit.text()
         self.unlock_edit.clear()
         self.unlock_edit.hide()
+        ok = self.pin_lock is not None and self.pin_lock.try_pin(text)
         self.panel.setVisible(ok)
+        if ok:
+            self.lock_label.hide()
+        elif not self._show_lock():
+            left = self.pin_lock.free_tries - self.pin_lock.failures if self.pin_lock else 0
+            self.lock_label.setText(f"wrong PIN ({max(0, left)} tries before a lockout)")
+            self.lock_label.show()
+
+    def _show_lock(self) -> bool:
+        """Show how long the PIN stays locked; True while it is."""
+        wait = self.pin_lock.locked_for() if self.pin_lock else 0.0
+        if wait <= 0:
+            self.lock_timer.stop()
+            self.lock_label.hide()
+            return False
+        self.unlock_edit.hide()
+        self.lock_label.setText(f"too many wrong PINs: locked, try again in {wait:.0f} s")
+        self.lock_label.show()
+        self.lock_timer.start()
+        return True
 
     def closeEvent(self, event) -> None:
         self.settings.setValue("geometry", self.saveGeometry())

@@ -8,6 +8,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from tledge.runtime import Gallery
+from tledge_gui.signals import emit
 
 
 def to_qimage(rgb: np.ndarray) -> QImage:
@@ -86,21 +87,21 @@ class VideoView(QWidget):
 
     def mouseMoveEvent(self, event) -> None:
         if self._drag is not None:
-            self._set_roi(self._drag, event.position().toPoint(), emit=False)
+            self._set_roi(self._drag, event.position().toPoint(), notify=False)
 
     def mouseReleaseEvent(self, event) -> None:
         if self._drag is not None:
-            self._set_roi(self._drag, event.position().toPoint(), emit=True)
+            self._set_roi(self._drag, event.position().toPoint(), notify=True)
             self._drag = None
 
-    def _set_roi(self, a: QPoint, b: QPoint, emit: bool) -> None:
+    def _set_roi(self, a: QPoint, b: QPoint, notify: bool) -> None:
         (x0, y0), (x1, y1) = self._to_frame(a), self._to_frame(b)
         x0, x1 = sorted((max(0, x0), min(self.image.width(), x1)))
         y0, y1 = sorted((max(0, y0), min(self.image.height(), y1)))
         self.roi = (x0, y0, x1 - x0, y1 - y0) if x1 - x0 >= 16 and y1 - y0 >= 16 else None
         self.update()
-        if emit:
-            self.roi_changed.emit(self.roi)
+        if notify:
+            emit(self.roi_changed, self.roi)
 
 
 class GalleryModel(QAbstractListModel):

@@ -1,179 +1,141 @@
-"""The kiosk's local HTTP API (standard library only).
+"""The kiosk's HTTP server: the WSGI app of http_app.py served by waitress.
 
-GET  /health   200 {"status": "ok"} while frames arrive, else 503 (for watchdogs)
-GET  /status   the loop's state, frame counters, fps, source losses
-GET  /last     the last debounced recognition event (204 before the first)
-GET  /events   server-sent events: every event as it happens
-POST /enroll   only with --allow-enroll, and "Authorization: Bearer TOKEN":
-               {"label": "cup"} enrolls the current camera frame;
-               {"label": "cup", "images": ["<base64 JPEG/PNG>", ...]} enrolls those images.
+Waitress reads every request whole, asynchronously, before a worker thread sees it, so an
+idle or slow client holds a socket but never a thread; a rejected request's body has
+already been consumed and cannot be read as the next request. On top of waitress's idle
+timeout (``channel_timeout``), ``_Server.maintenance`` also closes a connection that
+trickles one request for longer than the idle timeout, and one that stopped reading its
+response (an event stream nobody reads). Errors waitress answers itself (413, 431, 400)
+are JSON like every other answer.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
+import dataclasses
 import json
 import logging
-import queue
 import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
+
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask
 
 from tledge.errors import TledgeError
+from tledge.kiosk.http_app import KioskApp
+from tledge.kiosk.http_guard import HostGuard, HttpLimits, guarded
 from tledge.kiosk.hub import EventHub
 from tledge.kiosk.service import KioskService
-from tledge.runtime.images import decode_image
 
 log = logging.getLogger("tledge")
-MAX_BODY = 32 * 1024 * 1024
 MIN_TOKEN = 16
-KEEPALIVE_S = 15.0
+LOOP_POLL_S = 0.2
 
 
-class KioskServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _JsonErrorTask(ErrorTask):
+    """Waitress's own error answers (oversized body or headers, malformed request) in JSON."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        message = " ".join(f"{error.reason}: {error.body}".split())
+        body = json.dumps({"error": message}).encode("ascii")
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):
+    error_task_class = _JsonErrorTask
+
+
+class _Server(TcpWSGIServer):
+    channel_class = _Channel
+
+    def maintenance(self, now: float) -> None:
+        """Runs on the server's loop thread every ``cleanup_interval`` seconds."""
+        super().maintenance(now)  # idle connections without a request
+        limit = self.adj.channel_timeout
+        for channel in list(self.active_channels.values()):
+            if channel.requests:
+                # a response is being written: the client must keep reading it
+                if channel.total_outbufs_len and now - channel.last_activity > limit:
+                    log.info("closing %s: it stopped reading its response", channel.addr)
+                    channel.handle_close()  # wakes the worker blocked on the full buffer
+            elif channel.request is not None:
+                # a request is arriving: all of it must arrive within the idle timeout
+                started = channel.request.__dict__.setdefault("tledge_started", now)
+                if now - started > limit:
+                    channel.will_close = True
+
+
+class KioskServer:
+    """The HTTP API of ``service`` on ``address``; ``start`` serves from a thread."""
 
     def __init__(self, address: tuple[str, int], service: KioskService, hub: EventHub,
-                 token: str | None = None, request_timeout: float = 30.0) -> None:
+                 token: str | None = None, request_timeout: float | None = None,
+                 limits: HttpLimits | None = None, allowed_hosts: Iterable[str] = ()) -> None:
         if token is not None and len(token) < MIN_TOKEN:
             raise TledgeError(f"the enrollment token must be at least {MIN_TOKEN} characters")
-        self.service, self.hub, self.token = service, hub, token
-        self.request_timeout = request_timeout
-        super().__init__(address, _Handler)
+        limits = limits or HttpLimits()
+        if request_timeout is not None:
+            limits = dataclasses.replace(limits, request_timeout=request_timeout)
+        self.limits, self.service, self.hub, self.token = limits, service, hub, token
+        self.app = KioskApp(service, hub, token, limits, HostGuard(allowed_hosts))
+        self._map: dict = {}
+        self._server = _Server(
+            guarded(self.app), map=self._map, host=address[0], port=address[1],
+            threads=limits.threads(self.app.waiters), connection_limit=limits.max_connections,
+            channel_timeout=limits.idle_timeout, cleanup_interval=1,
+            max_request_body_size=limits.max_body, max_request_header_size=limits.max_header,
+            outbuf_high_watermark=2**20, ident="tledge-kiosk", clear_untrusted_proxy_headers=True,
+            expose_tracebacks=False)
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.effective_port)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        host = str(self._server.effective_host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="kiosk-http", daemon=True,
-                                  kwargs={"poll_interval": 0.2})
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self._serve, name="kiosk-http", daemon=True)
+        self._thread.start()
+        return self._thread
 
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            # poll(), not select(): hundreds of sockets may exceed select's FD_SETSIZE
+            wasyncore.loop(timeout=LOOP_POLL_S, map=self._map, use_poll=True, count=1)
+        self._close_sockets()
 
-class _Handler(BaseHTTPRequestHandler):
-    server: KioskServer
-    protocol_version = "HTTP/1.1"
+    def _close_sockets(self) -> None:
+        for dispatcher in list(self._map.values()):
+            if isinstance(dispatcher, HTTPChannel):
+                dispatcher.handle_close()
+        self._server.close()  # the listening socket and the wake-up trigger
 
-    def log_message(self, fmt: str, *args) -> None:
-        log.debug("http %s - %s", self.address_string(), fmt % args)
-
-    def _json(self, status: int, body: dict | None) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode() if body is not None else b""
-        self.send_response(status)
-        if body is not None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        service = self.server.service
-        if path == "/health":
-            ok, body = service.health()
-            self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
-        elif path == "/status":
-            self._json(HTTPStatus.OK, {**service.status(),
-                                       "enroll_enabled": self.server.token is not None})
-        elif path == "/last":
-            last = self.server.hub.latest("recognition")
-            self._json(HTTPStatus.OK if last else HTTPStatus.NO_CONTENT, last)
-        elif path == "/events":
-            self._stream()
+    def close(self) -> None:
+        """End event streams, close every connection, stop the worker threads."""
+        if self._closing.is_set():
+            return
+        self.app.close()
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(10)
         else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {path}", "endpoints":
-                                              ["/health", "/status", "/last", "/events",
-                                               "POST /enroll"]})
+            self._close_sockets()
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
 
-    def _stream(self) -> None:
-        hub = self.server.hub
-        q = hub.subscribe()
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            self.wfile.write(b": tledge kiosk events\n\n")
-            self.wfile.flush()
-            while True:
-                try:
-                    event = q.get(timeout=KEEPALIVE_S)
-                except queue.Empty:
-                    self.wfile.write(b": keep-alive\n\n")
-                    self.wfile.flush()
-                    continue
-                data = json.dumps(event, ensure_ascii=False)
-                self.wfile.write(f"event: {event['event']}\ndata: {data}\n\n".encode())
-                self.wfile.flush()
-                if event["event"] == "stopped":
-                    return
-        except (BrokenPipeError, ConnectionResetError):
-            return
-        finally:
-            hub.unsubscribe(q)
+    # the names of http.server, kept for callers of the earlier server
+    def shutdown(self) -> None:
+        self.close()
 
-    def do_POST(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path != "/enroll":
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint POST {path}"})
-            return
-        token = self.server.token
-        if token is None:
-            self._json(HTTPStatus.FORBIDDEN, {"error": "enrollment over HTTP is disabled; start "
-                                              "the kiosk with --allow-enroll and a token"})
-            return
-        given = self.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            self._json(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
-            return
-        try:
-            label, images = self._enroll_request()
-        except ValueError as exc:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            return
-        service = self.server.service
-        future = service.submit(service.enroll_job(label, images))
-        try:
-            event = future.result(timeout=self.server.request_timeout)
-        except TimeoutError:
-            self._json(HTTPStatus.GATEWAY_TIMEOUT, {"error": "the recognition loop did not "
-                                                    "answer in time"})
-            return
-        except TledgeError as exc:
-            self._json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(exc)})
-            return
-        self._json(HTTPStatus.OK, event)
-
-    def _enroll_request(self) -> tuple[str, list | None]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY:
-            raise ValueError(f"a JSON body of 1 byte to {MAX_BODY // 2**20} MiB is required")
-        try:
-            body = json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"the body is not JSON: {exc}") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("label"), str):
-            raise ValueError('expected {"label": "name"} with optional "images": [base64, ...]')
-        images = body.get("images")
-        if images is None:
-            return body["label"], None
-        if not isinstance(images, list) or not images:
-            raise ValueError('"images" must be a non-empty list of base64-encoded images')
-        decoded = []
-        for i, item in enumerate(images):
-            try:
-                decoded.append(decode_image(base64.b64decode(item, validate=True),
-                                            f"images[{i}]"))
-            except (binascii.Error, TypeError) as exc:
-                raise ValueError(f"images[{i}] is not base64: {exc}") from exc
-            except TledgeError as exc:
-                raise ValueError(str(exc)) from exc
-        return body["label"], decoded
+    def server_close(self) -> None:
+        self.close()

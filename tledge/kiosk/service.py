@@ -1,8 +1,9 @@
 """The kiosk's recognition loop: frames in, debounced events out, faults recovered.
 
-One thread (the caller of ``run``) owns the model, the gallery and the camera. Other
-threads (the HTTP server) talk to it only through ``submit`` (a job run between frames)
-and the thread-safe ``status``/``health`` snapshots.
+One thread (the caller of ``run``) owns the camera and recognises. Enrollment runs on its
+own worker thread (``enroll.EnrollWorker``) against the same model and gallery, so it never
+stalls frames. Other threads (the HTTP server) talk to the loop only through ``submit`` (a
+job run between frames), ``current_frame`` and the thread-safe ``status``/``health``.
 """
 
 from __future__ import annotations
@@ -13,49 +14,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from tledge.errors import SourceError, TledgeError
+from tledge.errors import ImageError, SourceError, TledgeError
+from tledge.kiosk.config import KioskConfig
 from tledge.kiosk.debounce import Debouncer
+from tledge.kiosk.enroll import EnrollJob, EnrollWorker
+from tledge.kiosk.enroll_images import LazyImages, screen
+from tledge.kiosk.fleet_link import RolloutFollower, sync_summary
 from tledge.kiosk.hub import EventHub
 from tledge.kiosk.notify import sd_notify
-from tledge.runtime.recognizer import Roi, crop_roi
+from tledge.runtime.recognizer import crop_roi
 from tledge.runtime.sources import CameraSource, open_source
 
 log = logging.getLogger("tledge")
-
-
-@dataclass(frozen=True)
-class KioskConfig:
-    model: Path
-    gallery: Path
-    source: str
-    stable_frames: int = 5          # a label is reported after this many frames in a row
-    threshold: float | None = None  # None: the gallery's own
-    smoothing: int = 1
-    roi: Roi | None = None
-    max_frames: int | None = None
-    exit_after: float | None = None  # seconds
-    loop: bool = False               # restart video files and folders at their end
-    every_frame: bool = False        # also publish a "frame" event for every frame
-    retry_initial: float = 0.5       # seconds before the first reconnection attempt
-    retry_max: float = 30.0
-    stale_after: float = 10.0        # health fails when no frame came for this long
-    providers: str = "auto"
-    threads: int | None = None
-
-    def validate(self) -> None:
-        if self.stable_frames < 1:
-            raise TledgeError(f"--stable must be at least 1 frame, got {self.stable_frames}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise TledgeError(f"--max-frames must be at least 1, got {self.max_frames}")
-        if self.exit_after is not None and self.exit_after <= 0:
-            raise TledgeError(f"--exit-after must be positive, got {self.exit_after}")
-        if not 0 < self.retry_initial <= self.retry_max:
-            raise TledgeError("retry delays must satisfy 0 < initial <= max")
+__all__ = ["KioskConfig", "KioskService"]
 
 
 class KioskService:
@@ -67,11 +41,15 @@ class KioskService:
         self._stop = threading.Event()
         self._jobs: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
+        self._frame: np.ndarray | None = None  # the latest frame (the loop never mutates it)
+        self.enrollment = EnrollWorker(self._enroll, config.enroll_queue)
         self._state = {"state": "starting", "frames": 0, "started": time.time(),
                        "last_frame": None, "source_lost": 0, "fps": 0.0}
         self.stop_reason = ""
         self.exit_code = 0
         self.announce: dict = {}  # extra fields for the "started" event (e.g. the HTTP URL)
+        self.sync = None           # a fleet sync agent (tledge kiosk --hub), if any
+        self._follower = RolloutFollower(None)
 
     # -- called from other threads ------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -92,9 +70,19 @@ class KioskService:
             self._jobs.put((job, future))
         return future
 
+    def current_frame(self) -> np.ndarray | None:
+        """A copy of the latest frame's region of interest (None before the first frame);
+        copied now, so an enrollment stores the frame of the moment it was asked for."""
+        with self._lock:
+            frame = self._frame
+        return None if frame is None else crop_roi(frame, self.config.roi).copy()
+
     def status(self) -> dict:
         with self._lock:
             state = dict(self._state)
+        state.update(self.hub.stats(), enroll_pending=self.enrollment.pending())
+        if self.sync is not None:
+            state["sync"] = self.sync.status()
         state["uptime_s"] = round(time.time() - state["started"], 1)
         state["last_frame_age_s"] = (round(time.time() - state["last_frame"], 2)
                                      if state["last_frame"] else None)
@@ -105,8 +93,11 @@ class KioskService:
         s = self.status()
         age = s["last_frame_age_s"]
         ok = s["state"] == "running" and age is not None and age <= self.config.stale_after
-        return ok, {"status": "ok" if ok else "unhealthy", "state": s["state"],
-                    "last_frame_age_s": age, "frames": s["frames"]}
+        body = {"status": "ok" if ok else "unhealthy", "state": s["state"],
+                "last_frame_age_s": age, "frames": s["frames"]}
+        if self.sync is not None:  # a hub outage is reported, never a reason to restart
+            body["sync"] = sync_summary(self.sync)
+        return ok, body
 
     def _set(self, **values) -> None:
         with self._lock:
@@ -121,7 +112,8 @@ class KioskService:
         embedder = Embedder(c.model, providers=c.providers, threads=c.threads)
         embedder.warmup()
         with Gallery.open(c.gallery, embedder) as gallery:
-            self.gallery = gallery
+            self.gallery, self.embedder, self._first_gallery = gallery, embedder, gallery
+            self._follower = RolloutFollower(self.sync)
             self.recognizer = Recognizer(embedder, gallery, c.smoothing, c.threshold)
             info = gallery.info()
             self.hub.publish({"event": "started", "model": str(c.model),
@@ -130,12 +122,16 @@ class KioskService:
                               "provider": embedder.provider, "source": str(c.source),
                               **self.announce})
             self._set(state="connecting")
+            self.enrollment.start()
             sd_notify("READY=1")
             try:
                 self._loop()
             finally:
                 self._set(state="stopped")
                 sd_notify("STOPPING=1")
+                self.enrollment.stop()  # before the gallery closes
+                if self.gallery is not gallery:
+                    self.gallery.close()    # one opened after a fleet rollout
                 self._fail_pending_jobs()
                 status = self.status()
                 self.hub.publish({"event": "stopped", "reason": self.stop_reason,
@@ -168,9 +164,12 @@ class KioskService:
                 with source:
                     for frame in source:
                         last = frame.image
+                        with self._lock:
+                            self._frame = last
                         self._run_jobs(last)
                         if self._stop.is_set():
                             break
+                        self._follower.check(self)
                         self._process(frame)
                         if self._limits_reached():
                             break
@@ -185,10 +184,34 @@ class KioskService:
                 self._wait(delay, last)
                 delay = min(delay * 2, c.retry_max)
 
+    def switch_model(self, path) -> None:
+        """Reopen model and gallery after a fleet rollout re-embedded the gallery for the
+        model at ``path`` (on the loop thread, between frames). The old gallery object stays
+        open for an enrollment still using it: its write is refused (another model)."""
+        from tledge.runtime import Embedder, Gallery, Recognizer
+
+        c = self.config
+        try:
+            embedder = Embedder(path, providers=c.providers, threads=c.threads)
+            embedder.warmup()
+            gallery = Gallery.open(c.gallery, embedder)
+        except TledgeError as exc:
+            log.error("cannot follow the fleet's model rollout to %s: %s", path, exc)
+            return
+        previous = self.gallery
+        self.gallery, self.embedder = gallery, embedder
+        self.recognizer = Recognizer(embedder, gallery, c.smoothing, c.threshold)
+        self.debouncer.reset()
+        if previous is not self._first_gallery:
+            previous.close()
+        self.hub.publish({"event": "model_changed", "model": str(path),
+                          "fingerprint": embedder.fingerprint, "classes": len(gallery.labels())})
+
     def _lost(self, error: str, retry_in: float) -> None:
         with self._lock:
             self._state["source_lost"] += 1
             self._state["state"] = "source_lost"
+            self._frame = None  # never enroll a picture of a camera that is gone
         log.warning("%s; retrying in %.1f s", error, retry_in)
         self.hub.publish({"event": "source_lost", "error": error, "retry_in_s": retry_in})
 
@@ -252,20 +275,30 @@ class KioskService:
             if future.set_running_or_notify_cancel():
                 future.set_exception(TledgeError("the kiosk stopped before the request ran"))
 
-    # -- jobs the HTTP API submits ------------------------------------------------------------
-    def enroll_job(self, label: str, images: list[np.ndarray] | None):
-        """A job: enroll ``images`` (RGB arrays) or, when None, the current camera frame."""
-        def job(service: KioskService, frame) -> dict:
-            shots = images
-            if shots is None:
-                if frame is None:
-                    raise SourceError("no camera frame yet to enroll from")
-                shots = [crop_roi(frame, service.config.roi)]
-            result = service.gallery.enroll(label, shots)
-            service.recognizer.reset()
-            service.debouncer.reset()
-            event = service.hub.publish({"event": "enrolled", "label": label,
-                                         "added": result.added,
-                                         "classes": len(service.gallery.labels())})
-            return event
-        return job
+    # -- the enrollment worker's thread ------------------------------------------------------
+    def _enroll(self, job: EnrollJob) -> dict:
+        """Store ``job`` in the gallery (runs on the enrollment thread, never the loop's)."""
+        cancelled = job.cancelled.is_set
+        failed: list[dict] = []
+        if job.frame is not None:
+            shots = [job.frame]
+        else:
+            good, failed = screen(job.images or [], cancelled)
+            if not good:
+                reasons = "; ".join(f["error"] for f in failed[:3])
+                raise ImageError(f"none of the {len(failed)} images could be read: {reasons}")
+            shots = LazyImages(job.images, good, cancelled)
+        result = self.gallery.enroll(job.label, shots, skip_bad=True)
+        self.submit(_forget_history)  # the loop resets its smoothing between frames
+        failed += [{"image": name, "error": reason} for name, reason in result.failed]
+        return self.hub.publish({
+            "event": "enrolled", "label": result.label, "added": result.added,
+            "duplicates": getattr(result, "duplicates", 0),
+            "sample_ids": [int(i) for i in getattr(result, "sample_ids", [])],
+            "failed": failed, "classes": len(self.gallery.labels())})
+
+
+def _forget_history(service: KioskService, _frame) -> None:
+    """After the gallery changed, old smoothing and debounce state no longer apply."""
+    service.recognizer.reset()
+    service.debouncer.reset()

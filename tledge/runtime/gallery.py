@@ -1,7 +1,12 @@
 """A gallery of enrolled classes: enrollment without training, open-set recognition.
 
 A gallery is a directory holding ``gallery.sqlite`` (the truth, see gallery_store) and
-``index.npz`` (a derived FAISS cache). It is tied to one model by its fingerprint.
+``index.npz`` (a derived FAISS cache, see gallery_cache). It is tied to one model by its
+fingerprint.
+
+Threads: one Gallery may be shared, e.g. a worker enrolling while a loop recognises.
+Images are decoded and embedded outside ``store.lock``; each transaction and every change
+to the in-memory index happen under it, and queries hold it while they read the index.
 """
 
 from __future__ import annotations
@@ -16,18 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.errors import GalleryError, ImageError
+from tledge.errors import GalleryError, ImageError, TledgeError
+from tledge.runtime.augment import check_augment
 from tledge.runtime.embedder import Embedder
+from tledge.runtime.gallery_cache import CacheKey, load_cache, save_cache
+from tledge.runtime.gallery_enroll import prepare
 from tledge.runtime.gallery_index import APPROX_FROM, VectorIndex
-from tledge.runtime.gallery_store import ClassInfo, GalleryStore
-from tledge.runtime.images import check_rgb, encode_jpeg, load_image
+from tledge.runtime.gallery_store import Change, ClassInfo, GalleryStore
+from tledge.runtime.labels import MAX_LABEL_LEN, validate_label
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "gallery.sqlite"
 CACHE_NAME = "index.npz"
 MODES = ("prototype", "nearest")
-MAX_LABEL_LEN = 200
+__all__ = ["CACHE_NAME", "DB_NAME", "MAX_LABEL_LEN", "MODES", "EnrollResult", "Gallery",
+           "Match", "validate_label"]
 
 
 @dataclass(frozen=True)
@@ -39,22 +48,15 @@ class Match:
 
 @dataclass
 class EnrollResult:
+    """What one ``enroll`` call stored: ``added`` samples (their ``sample_ids``), images that
+    could not be read (``failed``: (name, reason)) and ``duplicates`` skipped because the
+    class already held the same picture."""
+
     label: str
     added: int
     failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def validate_label(label: str) -> str:
-    """Labels are data: any Unicode text, but not empty, not padded, no control characters."""
-    if not isinstance(label, str) or not label.strip():
-        raise GalleryError("a label must be a non-empty text")
-    if label != label.strip():
-        raise GalleryError(f"label {label!r} has leading or trailing spaces; remove them")
-    if len(label) > MAX_LABEL_LEN:
-        raise GalleryError(f"label is {len(label)} characters long; the limit is {MAX_LABEL_LEN}")
-    if any(unicodedata.category(ch) == "Cc" for ch in label):
-        raise GalleryError(f"label {label!r} contains control characters")
-    return label
+    duplicates: int = 0
+    sample_ids: list[int] = field(default_factory=list)
 
 
 def _model_meta(embedder: Embedder) -> dict[str, str]:
@@ -78,8 +80,18 @@ class Gallery:
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path, embedder: Embedder, threshold: float | None = None) -> Gallery:
+    def create(cls, path, embedder: Embedder, threshold: float | None = None,
+               augment: str = "none", augment_queries: bool = False) -> Gallery:
+        """A new, empty gallery at ``path`` bound to ``embedder``'s model.
+
+        ``augment``: the views each shot's embedding averages (``tledge.runtime.augment``);
+        ``augment_queries``: queries embedded through ``embed_queries`` get the same views.
+        """
         path = Path(path)
+        try:
+            check_augment(augment)
+        except TledgeError as exc:
+            raise GalleryError(str(exc)) from None
         if (path / DB_NAME).exists():
             raise GalleryError(f"a gallery already exists at {path}; open it instead")
         if path.exists() and not path.is_dir():
@@ -87,36 +99,39 @@ class Gallery:
         path.mkdir(parents=True, exist_ok=True)
         store = GalleryStore(path / DB_NAME)
         thr = embedder.info.threshold if threshold is None else threshold
-        store.initialise({**_model_meta(embedder), "threshold": str(thr),
-                          "created": str(time.time())})
+        try:
+            store.initialise({**_model_meta(embedder), "threshold": str(thr),
+                              "created": str(time.time()), "augment": augment,
+                              "augment_queries": str(int(bool(augment_queries)))})
+        except GalleryError:
+            store.close()
+            raise
         return cls(path, embedder, store)
 
     @classmethod
-    def open(cls, path, embedder: Embedder | None = None) -> Gallery:
-        """Open an existing gallery; without an embedder only listing and editing work."""
+    def open(cls, path, embedder: Embedder | None = None, read_only: bool = False) -> Gallery:
+        """Open an existing gallery; without an embedder only listing and editing work.
+
+        ``read_only``: never write (also chosen automatically when the OS refuses writes);
+        listing and recognition work, changes raise GalleryError.
+        """
         path = Path(path)
         if not (path / DB_NAME).is_file():
             raise GalleryError(
                 f"no gallery at {path} (missing {DB_NAME}); create one by enrolling: "
                 f"`tledge enroll --model M --gallery {path} --label NAME IMAGE...`"
             )
-        store = GalleryStore(path / DB_NAME)
-        meta = store.meta()
-        if "fingerprint" not in meta:
+        store = GalleryStore(path / DB_NAME, read_only=read_only)
+        try:
+            meta = store.meta()
+            if "fingerprint" not in meta:
+                raise GalleryError(f"{path / DB_NAME} is not a tledge gallery")
+            _check_model(path, meta, embedder)
+            store.upgrade()
+        except GalleryError:
             store.close()
-            raise GalleryError(f"{path / DB_NAME} is not a tledge gallery")
-        gallery = cls(path, embedder, store)
-        if embedder is not None and meta["fingerprint"] != embedder.fingerprint:
-            store.close()
-            made_by = json.loads(meta.get("model", "{}"))
-            raise GalleryError(
-                f"gallery {path} was built with another model ({made_by.get('backbone', '?')}, "
-                f"fingerprint {meta['fingerprint'][:12]}) than {embedder.path.name} "
-                f"(fingerprint {embedder.fingerprint[:12]}); its embeddings are not comparable. "
-                f"Use the original model, or re-embed the stored crops with "
-                f"`tledge gallery reembed --model {embedder.path} --gallery {path}`"
-            )
-        return gallery
+            raise
+        return cls(path, embedder, store)
 
     @classmethod
     def open_or_create(cls, path, embedder: Embedder) -> Gallery:
@@ -124,11 +139,26 @@ class Gallery:
             return cls.open(path, embedder)
         return cls.create(path, embedder)
 
+    @property
+    def read_only(self) -> bool:
+        return self.store.read_only
+
     def close(self) -> None:
-        if self._dirty and self._index is not None:
-            self._index.save(self.path / CACHE_NAME)
-            self._dirty = False
-        self.store.close()
+        with self.store.lock:
+            try:
+                if self._dirty and self._index is not None and not self.read_only:
+                    self._save_cache(self._index)
+            except GalleryError as exc:
+                log.warning("index cache for %s not saved (%s)", self.path, exc)
+            finally:
+                self._dirty = False
+                self.store.close()
+
+    def _save_cache(self, index: VectorIndex) -> None:
+        """Write the cache if ``index`` is still what the database holds."""
+        snap = self.store.snapshot(self.dim)
+        if snap.state == index.state:
+            save_cache(self.path / CACHE_NAME, index, CacheKey(snap.gallery_id, snap.content))
 
     def __enter__(self) -> Gallery:
         return self
@@ -138,14 +168,19 @@ class Gallery:
 
     # -- settings --------------------------------------------------------------------------
     @property
+    def dim(self) -> int:
+        return int(self.store.meta()["dim"])
+
+    @property
     def threshold(self) -> float:
         return float(self.store.meta()["threshold"])
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        if not -1.0 <= float(value) <= 1.0:
+        if not -1.0 <= float(value) <= 1.0:  # also refuses NaN
             raise GalleryError(f"threshold {value} must be a cosine similarity in [-1, 1]")
-        self.store.set_meta("threshold", str(float(value)))
+        with self.store.lock:
+            self._advance(self.store.set_meta("threshold", str(float(value))))
 
     @property
     def approx_from(self) -> int:
@@ -156,8 +191,25 @@ class Gallery:
     def approx_from(self, value: int) -> None:
         if int(value) < 1:
             raise GalleryError(f"approx_from must be a positive sample count, got {value}")
-        self.store.set_meta("approx_from", str(int(value)))
-        self._index = None  # the next query rebuilds with the new policy
+        with self.store.lock:
+            self.store.set_meta("approx_from", str(int(value)))
+            self._index = None  # the next query rebuilds with the new policy
+
+    @property
+    def augment(self) -> str:
+        """The views every stored embedding averages ("none" for galleries made before the
+        setting existed). Changed only by ``reembed``, which re-embeds every shot with it."""
+        return self.store.meta().get("augment", "none")
+
+    @property
+    def augment_queries(self) -> bool:
+        """Whether ``embed_queries`` gives queries the same views as the shots."""
+        return self.store.meta().get("augment_queries", "0") == "1"
+
+    @augment_queries.setter
+    def augment_queries(self, value: bool) -> None:
+        with self.store.lock:  # the stored vectors do not change: the index stays valid
+            self._advance(self.store.set_meta("augment_queries", str(int(bool(value)))))
 
     def info(self) -> dict:
         meta = self.store.meta()
@@ -166,34 +218,41 @@ class Gallery:
                 "model": json.loads(meta.get("model", "{}")), "dim": int(meta["dim"]),
                 "threshold": float(meta["threshold"]), "classes": len(classes),
                 "samples": sum(c.samples for c in classes), "generation": int(meta["generation"]),
-                "approx_from": self.approx_from}
+                "approx_from": self.approx_from, "read_only": self.read_only,
+                "augment": meta.get("augment", "none"),
+                "augment_queries": meta.get("augment_queries", "0") == "1"}
 
     # -- changes ---------------------------------------------------------------------------
     def enroll(self, label: str, images: Sequence, skip_bad: bool = False,
-               progress: Callable[[int], None] | None = None) -> EnrollResult:
-        """Embed ``images`` (paths or RGB arrays) and add them to ``label`` in one transaction.
+               progress: Callable[[int], None] | None = None,
+               allow_duplicates: bool = False) -> EnrollResult:
+        """Embed ``images`` (paths or RGB uint8 arrays) and add them to ``label`` in one
+        transaction (all of this call's samples, or none).
 
-        With ``skip_bad`` unreadable images are reported in ``failed`` and the rest enrolled;
-        otherwise the first bad image raises ImageError and nothing is written.
+        A picture already in the class (same decoded pixels) is skipped and counted in
+        ``duplicates`` unless ``allow_duplicates``: re-running an enrollment adds nothing.
+        With ``skip_bad`` unreadable images are listed in ``failed`` and the rest enrolled
+        (even none); otherwise the first bad image raises ImageError and nothing is written.
         """
-        validate_label(label)
+        label = validate_label(label)
         embedder = self._need_embedder("enroll")
-        result = EnrollResult(label, 0)
-        rgb, sources = [], []
-        for i, item in enumerate(images):
-            name = str(item) if not isinstance(item, np.ndarray) else f"frame #{i}"
-            try:
-                is_array = isinstance(item, np.ndarray)
-                rgb.append(check_rgb(item, name) if is_array else load_image(item))
-                sources.append(name)
-            except ImageError as exc:
-                if not skip_bad:
-                    raise
-                result.failed.append((name, str(exc)))
-        if not rgb:
-            raise ImageError(f"no readable images to enroll for {label!r}")
-        vectors = embedder.embed(rgb, progress=progress)
-        result.added = self.enroll_vectors(label, vectors, [encode_jpeg(im) for im in rgb], sources)
+        self.store.check_writable()
+        known = set() if allow_duplicates else self.store.content_digests(label)
+        prep = prepare(embedder, images, known, skip_bad, allow_duplicates, progress,
+                       augment=self.augment)
+        result = EnrollResult(label, 0, prep.failed, prep.duplicates)
+        if not prep.sources:
+            if not prep.failed and not prep.duplicates:
+                raise ImageError(f"no images given to enroll for {label!r}")
+            return result
+        vectors = prep.embeddings(embedder.dim)
+        with self.store.lock:
+            change, class_id, ids, kept = self.store.add_samples(
+                label, vectors, prep.crops, prep.sources, prep.digests,
+                dedupe=not allow_duplicates, fingerprint=embedder.fingerprint)
+            self._after_add(change, np.array(ids, np.int64), class_id, vectors[kept], label)
+        result.added, result.sample_ids = len(ids), list(ids)
+        result.duplicates += len(vectors) - len(ids)  # stored meanwhile by another writer
         return result
 
     def enroll_vectors(self, label: str, vectors: np.ndarray,
@@ -201,64 +260,105 @@ class Gallery:
                        sources: Sequence[str] | None = None) -> int:
         """Add already-embedded samples (n, dim) of this gallery's model to ``label``.
 
-        Without crops the samples cannot be re-embedded for another model later.
+        Without crops the samples cannot be re-embedded for another model later. Vectors are
+        never deduplicated. They must have been embedded with the gallery's ``augment``
+        views (``embedder.embed(images, augment=gallery.augment)``).
         """
-        validate_label(label)
+        label = validate_label(label)
         vectors = np.asarray(vectors, np.float32)
-        dim = int(self.store.meta()["dim"])
+        dim = self.dim
         if vectors.ndim != 2 or vectors.shape[1] != dim or not len(vectors):
             raise GalleryError(f"expected embeddings of shape (n, {dim}), got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise GalleryError("embeddings contain NaN or infinite values")
         n = len(vectors)
         crops = list(crops) if crops is not None else [None] * n
         sources = list(sources) if sources is not None else [""] * n
-        before = self.store.generation()
-        class_id, ids = self.store.add_samples(label, vectors, crops, sources)
-        self._after_add(before, np.array(ids, np.int64), class_id, vectors, label)
+        with self.store.lock:
+            change, class_id, ids, _ = self.store.add_samples(
+                label, vectors, crops, sources,
+                fingerprint=self.embedder.fingerprint if self.embedder else None)
+            self._after_add(change, np.array(ids, np.int64), class_id, vectors, label)
         return len(ids)
 
-    def _after_add(self, before: int, ids: np.ndarray, class_id: int, vectors: np.ndarray,
+    def _after_add(self, change: Change, ids: np.ndarray, class_id: int, vectors: np.ndarray,
                    label: str) -> None:
+        """Grow the in-memory index if it was current before ``change`` (caller holds the
+        lock), else drop it: someone else wrote too, so reload on next use."""
         index = self._index
-        if index is not None and index.generation == before:
-            index.add(before + 1, ids, class_id, vectors)
+        if index is None or index.state != change.before:
+            self._index = None
+            return
+        if len(ids):
+            index.add(change.after, ids, class_id, vectors)
             self._labels[class_id] = label
             self._dirty = True
-            if index.needs_rebuild(self.approx_from):
-                self._index = None  # grown past its structure: rebuilt on the next query
-        else:
-            self._index = None  # someone else wrote too: reload on next use
+        index.state = change.after
+        if index.needs_rebuild(self.approx_from):
+            self._index = None  # grown past its structure: rebuilt on the next query
 
-    def remove(self, label: str) -> None:
-        if self.store.remove(label) == 0:
-            raise GalleryError(f"no class named {label!r} in the gallery" + self._hint(label))
-        self._index = None
-
-    def rename(self, old: str, new: str) -> None:
-        validate_label(new)
-        if old not in self.labels():
-            raise GalleryError(f"no class named {old!r} in the gallery" + self._hint(old))
-        before = self.store.generation()
-        self.store.rename(old, new)
-        if self._index is not None and self._index.generation == before:
-            self._index.generation = self.store.generation()  # vectors unchanged: no rebuild
-            self._labels = self.store.class_labels()
-            self._dirty = True
+    def _advance(self, change: Change) -> None:
+        """After a change that left every vector as it was (caller holds the lock)."""
+        if self._index is not None and self._index.state == change.before:
+            self._index.state = change.after
         else:
             self._index = None
 
-    def reembed(self, embedder: Embedder, progress: Callable[[int], None] | None = None) -> int:
-        """Re-embed every stored crop with ``embedder`` and bind the gallery to it."""
-        rows = self.store.crops()
-        missing = [sid for sid, _, crop in rows if crop is None]
-        if missing:
-            raise GalleryError(f"{len(missing)} samples have no stored crop; cannot re-embed")
+    def _existing(self, label: str) -> str:
+        """The stored label ``label`` names: as given (a label stored before validation had
+        today's rules stays reachable) or in NFC; GalleryError with a hint if none."""
+        labels = set(self.labels())
+        for candidate in (label, unicodedata.normalize("NFC", str(label))):
+            if candidate in labels:
+                return candidate
+        raise GalleryError(f"no class named {label!r} in the gallery" + self._hint(label))
+
+    def remove(self, label: str) -> None:
+        label = self._existing(label)
+        with self.store.lock:
+            change, removed = self.store.remove(label)
+            if removed:
+                self._index = None
+            else:
+                self._advance(change)
+        if not removed:  # removed meanwhile by another writer
+            raise GalleryError(f"no class named {label!r} in the gallery")
+
+    def rename(self, old: str, new: str) -> None:
+        new = validate_label(new)
+        old = self._existing(old)
+        with self.store.lock:
+            change, labels = self.store.rename(old, new)
+            self._advance(change)
+            self._labels = labels
+
+    def reembed(self, embedder: Embedder, progress: Callable[[int], None] | None = None,
+                augment: str | None = None) -> int:
+        """Re-embed every stored crop with ``embedder`` and bind the gallery to it; with
+        ``augment`` the gallery's views change to those in the same transaction."""
         from tledge.runtime.images import decode_image
 
-        images = [decode_image(crop, f"sample {sid}") for sid, _, crop in rows]
-        vectors = embedder.embed(images, progress=progress)
-        self.store.replace_embeddings([r[0] for r in rows], vectors, _model_meta(embedder))
-        self.embedder, self._index = embedder, None
-        return len(rows)
+        try:
+            augment = check_augment(self.augment if augment is None else augment)
+        except TledgeError as exc:
+            raise GalleryError(str(exc)) from None
+        self.store.check_writable()
+        ids = self.store.sample_ids()
+        parts = []
+        for start in range(0, len(ids), embedder.batch_size):  # a batch of crops at a time
+            rows = self.store.crops(ids=ids[start:start + embedder.batch_size])
+            missing = [sid for sid, _, crop in rows if crop is None]
+            if missing or len(rows) != len(ids[start:start + embedder.batch_size]):
+                raise GalleryError(f"samples {missing[:5]} have no stored crop; cannot re-embed"
+                                   if missing else "the gallery changed while re-embedding")
+            parts.append(embedder.embed([decode_image(c, f"sample {s}") for s, _, c in rows],
+                                        progress=progress, augment=augment))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
+        with self.store.lock:
+            self.store.replace_embeddings(ids, vectors,
+                                          {**_model_meta(embedder), "augment": augment})
+            self.embedder, self._index = embedder, None
+        return len(ids)
 
     # -- queries ---------------------------------------------------------------------------
     def labels(self) -> list[str]:
@@ -269,26 +369,39 @@ class Gallery:
 
     def vectors(self) -> tuple[list[str], np.ndarray]:
         """(label per sample, embeddings (n, dim)) from the database, the source of truth."""
-        _, _, class_ids, vecs = self.store.load_vectors(int(self.store.meta()["dim"]))
-        names = self.store.class_labels()
-        return [names[int(c)] for c in class_ids], vecs
+        snap = self.store.snapshot(self.dim, vectors=True)
+        return [snap.labels[int(c)] for c in snap.class_ids], snap.vectors
 
     def crops(self, label: str) -> list[bytes]:
         return [crop for _, _, crop in self.store.crops(label) if crop is not None]
 
     def _current(self) -> VectorIndex:
-        """The index for the store's current generation: in memory, cached file, or rebuilt."""
-        gen = self.store.generation()
-        if self._index is not None and self._index.generation == gen:
-            return self._index
-        dim = int(self.store.meta()["dim"])
-        cached = VectorIndex.load(self.path / CACHE_NAME, gen, dim)
-        if cached is None:
-            gen, ids, cls, vecs = self.store.load_vectors(dim)
-            cached = VectorIndex.build(gen, ids, cls, vecs, self.approx_from)
-            self._dirty = True
-        self._index, self._labels = cached, self.store.class_labels()
-        return cached
+        """The index for the store's current state: in memory, the cache file (verified
+        against the database's content), or rebuilt from the database."""
+        with self.store.lock:
+            if self._index is not None and self._index.state == self.store.state():
+                return self._index
+            dim, cache = self.dim, self.path / CACHE_NAME
+            cached = snap = None
+            if cache.is_file():
+                snap = self.store.snapshot(dim)
+                cached = load_cache(cache, CacheKey(snap.gallery_id, snap.content),
+                                    snap.sample_ids, snap.class_ids, dim)
+            if cached is None or snap is None:
+                snap = self.store.snapshot(dim, vectors=True)
+                cached = VectorIndex.build(snap.state, snap.sample_ids, snap.class_ids,
+                                           snap.vectors, self.approx_from)
+                self._dirty = True
+            cached.state = snap.state
+            self._index, self._labels = cached, snap.labels
+            return cached
+
+    def embed_queries(self, images: Sequence, fast_resize: bool = False) -> np.ndarray:
+        """Query embeddings (n, dim) for paths or RGB arrays: with ``augment_queries`` the
+        same views as the shots (``augment``), else the picture alone."""
+        augment = self.augment if self.augment_queries else "none"
+        return self._need_embedder("embed queries").embed(images, fast_resize=fast_resize,
+                                                          augment=augment)
 
     def classify(self, embedding: np.ndarray) -> tuple[str | None, float]:
         """(label, cosine score) for one (dim,) embedding; label None below the threshold."""
@@ -339,3 +452,17 @@ class Gallery:
 
         close = difflib.get_close_matches(label, self.labels(), n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_model(path: Path, meta: dict[str, str], embedder: Embedder | None) -> None:
+    """Refuse a model other than the one the gallery's embeddings come from."""
+    if embedder is None or meta["fingerprint"] == embedder.fingerprint:
+        return
+    made_by = json.loads(meta.get("model", "{}"))
+    raise GalleryError(
+        f"gallery {path} was built with another model ({made_by.get('backbone', '?')}, "
+        f"fingerprint {meta['fingerprint'][:12]}) than {embedder.path.name} "
+        f"(fingerprint {embedder.fingerprint[:12]}); its embeddings are not comparable. "
+        f"Use the original model, or re-embed the stored crops with "
+        f"`tledge gallery reembed --model {embedder.path} --gallery {path}`"
+    )

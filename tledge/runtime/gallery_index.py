@@ -1,16 +1,13 @@
 """The gallery's derived search structures: a FAISS index over samples and class prototypes.
 
 Never the only copy of anything: built from the SQLite store, cached in ``index.npz`` next
-to it (written atomically, tagged with the store's generation) and rebuilt when stale.
+to it (see ``gallery_cache``: checked against the store's content) and rebuilt when stale.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -95,10 +92,11 @@ class VectorIndex:
     index beyond ``APPROX_FROM`` samples (see ``build_faiss``).
 
     ``sample_ids``/``class_ids``: (n,) int64 aligned with the FAISS rows. Prototypes are the
-    re-normalised per-class sums ``sums`` (c, dim) for ``proto_ids`` (c,).
+    re-normalised per-class sums ``sums`` (c, dim) for ``proto_ids`` (c,). ``state``: the
+    store state the index reflects (the gallery's (generation, change token)).
     """
 
-    generation: int
+    state: object
     dim: int
     sample_ids: np.ndarray
     class_ids: np.ndarray
@@ -109,14 +107,14 @@ class VectorIndex:
     _protos: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, generation: int, sample_ids: np.ndarray, class_ids: np.ndarray,
+    def build(cls, state: object, sample_ids: np.ndarray, class_ids: np.ndarray,
               vectors: np.ndarray, approx_from: int = APPROX_FROM) -> VectorIndex:
         dim = vectors.shape[1]
         index = build_faiss(vectors, approx_from)
         proto_ids, inverse = np.unique(class_ids, return_inverse=True)
         sums = np.zeros((len(proto_ids), dim), np.float64)
         np.add.at(sums, inverse, vectors)
-        return cls(generation, dim, sample_ids, class_ids, index, proto_ids, sums,
+        return cls(state, dim, sample_ids, class_ids, index, proto_ids, sums,
                    trained_size=len(vectors))
 
     @property
@@ -130,7 +128,7 @@ class VectorIndex:
             return self.size >= approx_from
         return self.size > REBUILD_GROWTH * max(1, self.trained_size)
 
-    def add(self, generation: int, sample_ids: np.ndarray, class_id: int,
+    def add(self, state: object, sample_ids: np.ndarray, class_id: int,
             vectors: np.ndarray) -> None:
         """Append one class's new samples without a rebuild."""
         self.index.add(np.ascontiguousarray(vectors, np.float32))
@@ -142,7 +140,7 @@ class VectorIndex:
         else:
             self.proto_ids = np.append(self.proto_ids, class_id)
             self.sums = np.vstack([self.sums, vectors.sum(axis=0, keepdims=True)])
-        self.generation = generation
+        self.state = state
         self._protos = None
 
     @property
@@ -163,39 +161,3 @@ class VectorIndex:
             q = len(queries)
             return np.full((q, 1), -1.0, np.float32), np.full((q, 1), -1, np.int64)
         return search_faiss(self.index, queries, k)
-
-    def save(self, path: Path) -> None:
-        """Write atomically: a reader sees the old cache or the new one, never a mix."""
-        data = _faiss().serialize_index(self.index)
-        fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, generation=self.generation, trained_size=self.trained_size,
-                         sample_ids=self.sample_ids,
-                         class_ids=self.class_ids, proto_ids=self.proto_ids, sums=self.sums,
-                         index=np.asarray(data, np.uint8))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("could not write index cache %s (%s); it will be rebuilt", path, exc)
-            Path(tmp).unlink(missing_ok=True)
-
-    @classmethod
-    def load(cls, path: Path, generation: int, dim: int) -> VectorIndex | None:
-        """The cached index if it exists, is readable and matches ``generation``."""
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if int(z["generation"]) != generation:
-                    return None
-                index = _faiss().deserialize_index(z["index"])
-                cached = cls(generation, dim, z["sample_ids"], z["class_ids"], index,
-                             z["proto_ids"], z["sums"],
-                             trained_size=int(z["trained_size"]) if "trained_size" in z
-                             else len(z["sample_ids"]))
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            log.warning("index cache %s is unreadable (%s); rebuilding it", path, exc)
-            return None
-        if cached.index.d != dim or cached.index.ntotal != len(cached.sample_ids):
-            return None
-        return cached

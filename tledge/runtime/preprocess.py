@@ -4,16 +4,29 @@ The arithmetic copies torchvision's eval transform on PIL images (``Resize(int)`
 PIL's antialiased filter, ``CenterCrop``, ``ToTensor``, ``Normalize``), so the runtime sees
 what the PyTorch side saw (to float rounding); ``tests/test_preprocess_parity.py`` holds
 them together.
+
+Memory: the resize holds PIL's copy of the input (4 bytes per pixel, bounded by the
+images module's MAX_PIXELS) and the resized image. When the resized image would exceed
+``MAX_RESIZED_CROPS`` crops (a very wide or tall input; a photo is far below), only the
+central band the crop keeps is resized, from the source pixels under it plus the filter's
+support: at most a grey level from the exact path, instead of allocating e.g.
+256 x 3,072,000 pixels for a 1 x 12,000 strip. Normal aspect ratios stay exact.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from PIL import Image
 
 from tledge.artifact import Preprocess
+
+# Resized images larger than this many crops are not made whole; see the module docstring.
+MAX_RESIZED_CROPS = 4
+# Half-width of PIL's filters, in source pixels at scale 1 (PIL's own values).
+_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "nearest": 0.5}
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -44,23 +57,59 @@ def preprocess_one(image: np.ndarray, cfg: Preprocess, fast: bool = False) -> np
     ``fast`` resamples only the pixels the centre crop keeps (PIL maps the crop's box back
     into the source): about half the cost for a camera frame, but PIL's rounding then
     differs by one grey level on up to a fifth of the pixels, which moves embeddings by a
-    cosine of ~1e-4. Used for live frames; enrollment, evaluation and parity stay exact.
+    cosine of ~1e-4. Used for live frames; enrollment, evaluation and parity stay exact
+    (except beyond ``MAX_RESIZED_CROPS``, see the module docstring).
     """
-    img = Image.fromarray(image)
-    width, height = img.size
+    height, width = image.shape[:2]
     new_w, new_h = resized_size(width, height, cfg)
-    resample = _RESAMPLE[cfg.interpolation]
-    if fast and cfg.resize_mode == "shorter_side" and (new_w, new_h) != (width, height):
-        left, top, right, bottom = crop_box(new_w, new_h, cfg.crop_size)
-        sx, sy = width / new_w, height / new_h
-        img = img.resize((cfg.crop_size, cfg.crop_size), resample,
-                         box=(left * sx, top * sy, right * sx, bottom * sy))
+    size = cfg.crop_size
+    windowed = (cfg.resize_mode == "shorter_side" and (new_w, new_h) != (width, height)
+                and min(new_w, new_h) >= size)
+    if windowed and (fast or new_w * new_h > MAX_RESIZED_CROPS * size * size):
+        left, top, right, bottom = crop_box(new_w, new_h, size)
+        if not fast:  # the whole short side: only the long axis is approximated
+            left, right = (left, right) if new_w > new_h else (0, new_w)
+            top, bottom = (top, bottom) if new_h > new_w else (0, new_h)
+        img = resize_rgb(image, (new_w, new_h), cfg.interpolation, (left, top, right, bottom))
     else:
-        if (new_w, new_h) != (width, height):
-            img = img.resize((new_w, new_h), resample)
-        if img.size != (cfg.crop_size, cfg.crop_size):
-            img = _center_crop(img, cfg.crop_size)
+        img = resize_rgb(image, (new_w, new_h), cfg.interpolation)
+    if img.size != (size, size):
+        img = _center_crop(img, size)
     return normalise(np.asarray(img), cfg)
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int], interpolation: str,
+               window: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """RGB uint8 (H, W, 3) resized to ``size`` = (w, h) with PIL's filter, as a PIL image.
+
+    Without ``window``: exactly ``Image.fromarray(image).resize(size, filter)``.
+    ``window`` = (left, top, right, bottom) in resized coordinates: only that part, made from
+    the source pixels under it plus the filter's support (PIL maps the box back into the
+    source); equal to that part of the full resize up to one grey level of rounding.
+    """
+    resample = _RESAMPLE[interpolation]
+    if window is None:
+        return Image.fromarray(image).resize(size, resample)
+    height, width = image.shape[:2]
+    left, top, right, bottom = window
+    x0, x1, bx0, bx1 = _source_span(left, right, size[0], width, interpolation)
+    y0, y1, by0, by1 = _source_span(top, bottom, size[1], height, interpolation)
+    band = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+    return band.resize((right - left, bottom - top), resample, box=(bx0, by0, bx1, by1))
+
+
+def _source_span(start: int, stop: int, out_size: int, src_size: int,
+                 interpolation: str) -> tuple[int, int, float, float]:
+    """(lo, hi, box0, box1): the source pixels [lo, hi) that output pixels [start, stop) of a
+    ``src_size`` -> ``out_size`` resize read, and their box relative to ``lo``."""
+    if (start, stop) == (0, out_size):  # the whole axis: PIL's own box, exactly
+        return 0, src_size, 0, src_size
+    scale = src_size / out_size
+    box0, box1 = start * scale, min(stop * scale, src_size)
+    support = _SUPPORT[interpolation] * max(1.0, scale)
+    lo = max(0, math.floor(box0 - support) - 2)
+    hi = min(src_size, math.ceil(box1 + support) + 2)
+    return lo, hi, box0 - lo, box1 - lo
 
 
 def normalise(crop: np.ndarray, cfg: Preprocess) -> np.ndarray:

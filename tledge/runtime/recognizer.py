@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 
 from tledge.errors import TledgeError
 from tledge.runtime.embedder import Embedder, l2_normalize
-from tledge.runtime.gallery import Gallery
+from tledge.runtime.gallery import MODES, Gallery
 from tledge.runtime.images import check_rgb
 
 Roi = tuple[int, int, int, int]  # x, y, width, height in pixels
@@ -36,18 +38,36 @@ class Recognizer:
 
     ``smoothing`` > 1 averages the embeddings of the last N frames before matching, which
     steadies a live label at the cost of N-1 frames of lag. ``threshold`` None uses the
-    gallery's own. ``fast_resize`` uses the cheaper live-frame resampling (embeddings within
-    a cosine of ~1e-4 of the exact ones; see ``preprocess_one``).
+    gallery's own (a cosine in [-1, 1]). ``mode`` is "prototype" (closest class mean) or
+    "nearest" (closest enrolled sample); None follows the gallery's ``mode`` at each frame.
+    ``fast_resize`` uses the cheaper live-frame resampling (embeddings within a cosine of
+    ~1e-4 of the exact ones; see ``preprocess_one``).
     """
 
     def __init__(self, embedder: Embedder, gallery: Gallery, smoothing: int = 1,
-                 threshold: float | None = None, fast_resize: bool = True) -> None:
-        if smoothing < 1:
-            raise TledgeError(f"smoothing must be at least 1 frame, got {smoothing}")
-        self.embedder, self.gallery = embedder, gallery
+                 threshold: float | None = None, fast_resize: bool = True,
+                 mode: str | None = None) -> None:
+        if isinstance(smoothing, bool) or not isinstance(smoothing, Integral) or smoothing < 1:
+            raise TledgeError(f"smoothing must be a whole number of frames >= 1, "
+                              f"got {smoothing!r}")
+        if mode is not None and mode not in MODES:
+            raise TledgeError(f"unknown matching mode {mode!r}; choose one of {MODES}")
+        self.embedder, self.gallery, self.mode = embedder, gallery, mode
         self.threshold = threshold
         self.fast_resize = fast_resize
         self._recent: deque[np.ndarray] = deque(maxlen=smoothing)
+
+    @property
+    def threshold(self) -> float | None:
+        """The open-set threshold; None: the gallery's own."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        # NaN would compare False with every score: everything "unknown", silently.
+        if value is not None and not (math.isfinite(value) and -1.0 <= value <= 1.0):
+            raise TledgeError(f"threshold {value!r} must be a cosine similarity in [-1, 1]")
+        self._threshold = None if value is None else float(value)
 
     def reset(self) -> None:
         """Forget the smoothing history (e.g. after the scene or the gallery changed)."""
@@ -61,7 +81,8 @@ class Recognizer:
         self._recent.append(vector)
         if len(self._recent) > 1:
             vector = l2_normalize(np.mean(self._recent, axis=0))
-        candidate, score = self.gallery.best_matches(vector[None, :])[0]
+        mode = self.mode or self.gallery.mode
+        candidate, score = self.gallery.best_matches(vector[None, :], mode)[0]
         thr = self.gallery.threshold if self.threshold is None else self.threshold
         label = candidate if candidate is not None and score >= thr else None
         return Recognition(label, score, candidate, (time.perf_counter() - start) * 1000.0)

@@ -93,12 +93,15 @@ class CameraSource(FrameSource):
 
 
 class FolderSource(FrameSource):
-    """The images of a folder (sorted by name, recursively) or a single image file."""
+    """The images of a folder (sorted by name, recursively, each file once) or one image."""
 
     def __init__(self, path: Path, loop: bool = False, skip_bad: bool = True) -> None:
         self.path, self.loop, self.skip_bad = path, loop, skip_bad
         self.description = f"images {path}"
-        self.files = [path] if path.is_file() else list_images(path)
+        try:  # list_images visits each folder once, so linked loops end, and bounds the walk
+            self.files = [path] if path.is_file() else list_images(path)
+        except ImageError as exc:
+            raise SourceError(str(exc)) from exc
         if not self.files:
             raise SourceError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         self.errors: list[str] = []

@@ -17,25 +17,26 @@ head's target predictions). ``--target-eval`` only reports.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from tledge.errors import TledgeError, suggest
 from tledge.train import alignment as A
 from tledge.train import features as FT
-from tledge.train.adapt_report import AdaptLog, plot_feature_maps
 from tledge.train.backbones import get_backbone
+from tledge.train.checkpoint import Checkpoint, make_checkpoint
 from tledge.train.data import LabelledImages, image_files, load_batch, stratified_split
-from tledge.train.finetune import pick_device, schedule
+from tledge.train.distributed import Dist
+from tledge.train.engine import Algorithm, Plan, Run, fit
+from tledge.train.features import embed_cached
 from tledge.train.losses import LinearHead
-from tledge.train.runs import embed_cached, save_checkpoint
+from tledge.train.protos import ncm_accuracy
+from tledge.train.report import MetricsLog, plot_feature_maps
 
 SELECTIONS = ("last", "source", "im")
 
@@ -74,6 +75,11 @@ class AdaptConfig:
             raise TledgeError("epochs, steps-per-epoch and views must be >= 1, batch >= 2")
 
 
+FIELDS = ("epoch", "loss", "cls_loss", "align_loss", "disc_accuracy", "source_val_accuracy",
+          "target_im", "target_accuracy", "target_ncm_accuracy", "seconds")
+_SCORE = {"im": "target_im", "source": "source_val_accuracy"}
+
+
 @dataclass
 class _Domains:
     """Cached trunk outputs of every part the run needs."""
@@ -92,53 +98,45 @@ def adapt(source: Path, target: Path, run_dir: Path, config: AdaptConfig,
     """Train on ``source`` (class folders) while aligning to ``target`` (images, labels
     ignored); keep the checkpoint chosen by ``config.select``; write the run directory."""
     config.validate()
-    torch.manual_seed(config.seed)
-    device = pick_device(config.device)
     src = LabelledImages.scan(source)
     tgt = _unlabelled(target)
     evl = _eval_set(target_eval, src.classes) if target_eval else None
-    train_idx, val_idx = stratified_split(src.labels, config.val_fraction, config.seed)
-    backbone, spec, weights_source = get_backbone(config.backbone, weights=config.weights)
-    backbone.to(device).eval()
-    start = FT.trainable_start(backbone, "partial", config.unfreeze)
-    params = FT.set_trainable(backbone, start)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {**asdict(config), "source": str(source), "target": str(target),
-         "target_eval": str(target_eval) if target_eval else None, "classes": list(src.classes),
-         "weights_source": weights_source, "source_train_images": len(train_idx),
-         "source_val_images": len(val_idx), "target_images": len(tgt.files)}, indent=2))
-    t0 = time.perf_counter()
-    doms = _cache(backbone, start, src.subset(train_idx), src.subset(val_idx), tgt, evl,
-                  config, device, cache_dir)
-    cache_seconds = time.perf_counter() - t0
-    run = _Run(config, backbone, start, len(src.classes), params, device, doms.target_stats)
-    log = AdaptLog(run_dir)
-    log.add(run.evaluate(doms, epoch=-1, loss={}, seconds=0.0))
-    before = run.picture(doms)
-    best_row, best = None, None
-    for epoch in tqdm(range(config.epochs), desc=f"adapt ({config.method})", disable=None):
-        t1 = time.perf_counter()
-        losses = run.epoch(doms, epoch)
-        row = run.evaluate(doms, epoch, losses, time.perf_counter() - t1)
-        if log.add(row, config.select):
-            best_row, best = row, run.snapshot()
-    run.restore(best)
-    run.save(run_dir / "best.pt", src.classes, spec.name, doms)
-    plot_feature_maps(before, run.picture(doms), list(src.classes),
-                      run_dir / "features.png")
-    log.finish()
-    summary = {"method": config.method, "selected_epoch": best_row["epoch"],
-               "selection": config.select, "cache_seconds": round(cache_seconds, 1),
-               "train_seconds": round(sum(r["seconds"] for r in log.rows), 1),
-               **{k: best_row[k] for k in ("source_val_accuracy", "target_im",
-                                           "target_accuracy", "target_ncm_accuracy")
-                  if best_row.get(k) not in (None, "")},
-               "baseline": {k: log.rows[0][k] for k in ("target_accuracy", "target_ncm_accuracy")
-                            if log.rows[0].get(k) not in (None, "")},
-               "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    run = Run.start(run_dir, config.device, config.seed)
+    try:
+        algo = Adapt(config, src, tgt, evl, run)
+        run.write_json("config.json", {
+            **asdict(config), "source": str(source), "target": str(target),
+            "target_eval": str(target_eval) if target_eval else None, **algo.info})
+        t0 = time.perf_counter()
+        algo.prepare(run.feature_dir(cache_dir))
+        cache_seconds = time.perf_counter() - t0
+        log = MetricsLog(run_dir, FIELDS, ("cls_loss", "align_loss"),
+                         ("source_val_accuracy", "target_accuracy", "target_ncm_accuracy",
+                          "disc_accuracy"), write=run.dist.is_main)
+        plan = Plan(config.epochs, config.steps_per_epoch, baseline=True, best_in_memory=True,
+                    desc=f"adapt ({config.method})")
+        best = fit(algo, run, plan, log)
+        if run.dist.is_main:
+            plot_feature_maps(algo.before, algo.picture(), list(src.classes),
+                              run_dir / "features.png")
+        log.finish({"title": "Accuracy (target figures are reported, never used)"})
+        summary = _summary(config, best, log.rows, cache_seconds, run_dir)
+        run.write_json("summary.json", summary)
+        return summary
+    finally:
+        run.close()
+
+
+def _summary(config: AdaptConfig, best: dict, rows: list[dict], cache_seconds: float,
+             run_dir: Path) -> dict:
+    return {"method": config.method, "selected_epoch": best["epoch"],
+            "selection": config.select, "cache_seconds": round(cache_seconds, 1),
+            "train_seconds": round(sum(r["seconds"] for r in rows), 1),
+            **{k: best[k] for k in ("source_val_accuracy", "target_im", "target_accuracy",
+                                    "target_ncm_accuracy") if best.get(k) not in (None, "")},
+            "baseline": {k: rows[0][k] for k in ("target_accuracy", "target_ncm_accuracy")
+                         if rows[0].get(k) not in (None, "")},
+            "run_dir": str(run_dir)}
 
 
 def _unlabelled(folder: Path) -> LabelledImages:
@@ -158,57 +156,9 @@ def _eval_set(folder: Path, classes: tuple[str, ...]) -> LabelledImages:
     return LabelledImages(classes, data.files, remap[data.labels])
 
 
-def _cache(backbone, start, train, val, tgt, evl, config, device,
-           cache_dir: Path | None = None) -> _Domains:
-    """Trunk outputs of every part. ``none`` keeps the pretrained BatchNorm statistics for
-    both domains (the baseline). Every other method uses domain-specific statistics:
-    re-estimated on the source images for source inputs and on the target images for
-    target inputs (AdaBN), and the exported model carries the target's.
-
-    With ``cache_dir``, each part is kept on disk and reused by later runs on the same
-    images (e.g. every method compared on one source/target pair)."""
-    tag = ["pretrained"]
-
-    def cached(key: list, compute) -> dict:
-        if cache_dir is None:
-            return compute()
-        return _disk_cached(Path(cache_dir), json.dumps([config.backbone, config.weights, *key]),
-                            compute)
-
-    def cache(part, views, augment, desc):
-        def compute():
-            return _pack(FT.cache_views(backbone, start, part, views, augment, device,
-                                        config.seed, desc))
-        return _unpack(cached([start, views, augment, config.seed, tag[0],
-                               [str(f) for f in part.files]], compute))
-
-    def stats(files) -> dict:
-        return cached(["batchnorm", [str(f) for f in files]],
-                      lambda: _estimate_stats(backbone, files, device))
-
-    target_stats = None
-    if config.method != "none":
-        target_stats = stats(tgt.files)
-        # the model's own buffers become the source statistics
-        backbone.load_state_dict(stats(train.files), strict=False)
-        tag[0] = "dsbn " + _digest(train.files)
-    src = [cache(train, config.views, True, "source views"), cache(train, 1, False, "source"),
-           cache(val, 1, False, "source val")]
-    if target_stats is None:
-        target_stats = A.batchnorm_stats(backbone)
-    else:
-        tag[0] = "dsbn-target " + _digest(tgt.files)
-    with A.use_batchnorm_stats(backbone, target_stats):
-        doms = _Domains(*src, cache(tgt, config.views, True, "target views"),
-                        cache(tgt, 1, False, "target"),
-                        cache(evl, 1, False, "target eval") if evl else None)
-    doms.target_stats = target_stats
-    return doms
-
-
 def _estimate_stats(backbone, files, device) -> dict:
     """Re-estimate the backbone's BatchNorm statistics on ``files`` (in place); a copy."""
-    cfg = FT.backbone_cfg(backbone)
+    cfg = backbone.preprocess
     files = list(files)
     batches = (load_batch(files[i:i + 16], cfg).to(device) for i in range(0, len(files), 16))
     A.adapt_batchnorm(backbone, batches, forward=backbone.forward_features)
@@ -216,59 +166,114 @@ def _estimate_stats(backbone, files, device) -> dict:
 
 
 def _digest(files) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()[:16]
 
 
-def _disk_cached(folder: Path, key: str, compute) -> dict[str, torch.Tensor]:
-    """``compute()`` (a dict of tensors), kept in ``folder`` under a hash of ``key``."""
-    import hashlib
+class Adapt(Algorithm):
+    """Source batches through the classifier, target batches through the alignment loss;
+    the trainable stages, the classifier and (for DANN) the discriminator learn."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"cache-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError):
-            path.unlink(missing_ok=True)  # unreadable: compute it again
-    value = compute()
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
-    return value
+    def __init__(self, config: AdaptConfig, src: LabelledImages, tgt: LabelledImages,
+                 evl: LabelledImages | None, run: Run) -> None:
+        self.c, self.run, self.device = config, run, run.device
+        self.src, self.tgt, self.evl = src, tgt, evl
+        train_idx, val_idx = stratified_split(src.labels, config.val_fraction, config.seed)
+        self.train, self.val = src.subset(train_idx), src.subset(val_idx)
+        self.backbone, self.spec, weights_source = get_backbone(config.backbone,
+                                                                weights=config.weights)
+        self.backbone.to(self.device).eval()
+        self.start = FT.trainable_start(self.backbone, "partial", config.unfreeze)
+        self.params = FT.set_trainable(self.backbone, self.start)
+        self.warmup_steps, self.weight_decay = config.steps_per_epoch, config.weight_decay
+        self.total = config.epochs * config.steps_per_epoch
+        self.info = {"classes": list(src.classes), "weights_source": weights_source,
+                     "source_train_images": len(train_idx), "source_val_images": len(val_idx),
+                     "target_images": len(tgt.files)}
 
+    def prepare(self, cache_dir: Path | None) -> None:
+        """Cache every part, then build the classifier and discriminator (after the caches,
+        as the seeded initialisation always was)."""
+        self.doms = self._cache(cache_dir)
+        self.target_stats = self.doms.target_stats
+        self.head = LinearHead(self.backbone.dim, len(self.src.classes)).to(self.device)
+        self.dann = (A.DomainAdversarialLoss(A.DomainDiscriminator(self.backbone.dim))
+                     .to(self.device) if self.c.method == "dann" else None)
+        self.rng = np.random.default_rng(self.c.seed)
 
-def _pack(views: FT.CachedViews) -> dict[str, torch.Tensor]:
-    return {"x": views.x, "labels": torch.from_numpy(views.labels),
-            "image": torch.from_numpy(views.image)}
+    def _cache(self, cache_dir: Path | None) -> _Domains:
+        """Trunk outputs of every part. ``none`` keeps the pretrained BatchNorm statistics
+        for both domains (the baseline). Every other method uses domain-specific statistics:
+        re-estimated on the source images for source inputs and on the target images for
+        target inputs (AdaBN), and the exported model carries the target's."""
+        c, bb, tag = self.c, self.backbone, ["pretrained"]
+        dist = self.run.dist
 
+        def cache(part, views, augment, desc):
+            key = [c.backbone, c.weights, self.start, views, augment, c.seed, tag[0],
+                   [str(f) for f in part.files]]
+            return FT.shared_views(dist, cache_dir, key, lambda: FT.cache_views(
+                bb, self.start, part, views, augment, self.device, c.seed, desc))
 
-def _unpack(z: dict[str, torch.Tensor]) -> FT.CachedViews:
-    return FT.CachedViews(z["x"], z["labels"].numpy(), z["image"].numpy())
+        def stats(files) -> dict:
+            key = [c.backbone, c.weights, "batchnorm", [str(f) for f in files]]
+            return FT.shared_tensors(dist, cache_dir, key,
+                                     lambda: _estimate_stats(bb, files, self.device))
 
+        target_stats = None
+        if c.method != "none":
+            target_stats = stats(self.tgt.files)
+            bb.load_state_dict(stats(self.train.files), strict=False)  # source statistics
+            tag[0] = "dsbn " + _digest(self.train.files)
+        src = [cache(self.train, c.views, True, "source views"),
+               cache(self.train, 1, False, "source"), cache(self.val, 1, False, "source val")]
+        if target_stats is None:
+            target_stats = A.batchnorm_stats(bb)
+        else:
+            tag[0] = "dsbn-target " + _digest(self.tgt.files)
+        with A.use_batchnorm_stats(bb, target_stats):
+            doms = _Domains(*src, cache(self.tgt, c.views, True, "target views"),
+                            cache(self.tgt, 1, False, "target"),
+                            cache(self.evl, 1, False, "target eval") if self.evl else None)
+        doms.target_stats = target_stats
+        return doms
 
-class _Run:
-    """The trainable stages, the classifier and (for DANN) the discriminator."""
+    def modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"model": self.backbone, "head": self.head}
+        return {**mods, "dann": self.dann} if self.dann is not None else mods
 
-    def __init__(self, config: AdaptConfig, backbone, start: int, n_classes: int, params,
-                 device, target_stats: dict) -> None:
-        self.c, self.backbone, self.start, self.device = config, backbone, start, device
-        self.target_stats = target_stats
-        self.head = LinearHead(backbone.dim, n_classes).to(device)
-        self.dann = (A.DomainAdversarialLoss(A.DomainDiscriminator(backbone.dim)).to(device)
-                     if config.method == "dann" else None)
+    def param_groups(self) -> list[dict]:
         head_params = list(self.head.parameters())
         if self.dann is not None:
             head_params += list(self.dann.parameters())
-        self.optim = torch.optim.AdamW(
-            [{"params": head_params, "lr": config.lr},
-             {"params": params, "lr": config.lr * config.backbone_lr_mult}],
-            weight_decay=config.weight_decay)
-        self.total = config.epochs * config.steps_per_epoch
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, schedule(self.total, config.steps_per_epoch))
-        self.rng = np.random.default_rng(config.seed)
+        return [{"params": head_params, "lr": self.c.lr},
+                {"params": self.params, "lr": self.c.lr * self.c.backbone_lr_mult}]
+
+    def train_mode(self) -> None:
+        self.backbone.train()
+        FT.freeze_batchnorm(self.backbone)  # source statistics stay; AdaBN replaces them
+        self.head.train()
+
+    def batches(self, epoch: int, dist: Dist):
+        """Random source and target items; each step's global batch drawn alike on every
+        rank (one seeded generator), each rank taking its part."""
+        d, steps = self.doms, self.c.steps_per_epoch
+        for step in range(steps):
+            s = dist.shard(self.rng.integers(0, len(d.src_views.x), self.c.batch))
+            t = dist.shard(self.rng.integers(0, len(d.tgt_views.x), self.c.batch))
+            yield (d.src_views.x[s], torch.as_tensor(d.src_views.labels[s]), d.tgt_views.x[t],
+                   (epoch * steps + step) / self.total)
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        xs, ys, xt, progress = batch
+        f_s = self._pooled(xs)
+        f_t = self._pooled_target(xt)
+        cls = self.head.loss(f_s, ys.to(self.device))
+        align = self._align(f_s, f_t, progress)
+        loss = cls + self.c.alignment_weight * align
+        logs = {"loss": loss.item(), "cls_loss": cls.item(), "align_loss": align.item()}
+        if self.dann is not None:
+            logs["disc_accuracy"] = self.dann.last_accuracy
+        return loss, logs
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_from(x.to(self.device), self.start)
@@ -276,32 +281,6 @@ class _Run:
     def _pooled_target(self, x: torch.Tensor) -> torch.Tensor:
         with A.use_batchnorm_stats(self.backbone, self.target_stats):
             return self._pooled(x)
-
-    def epoch(self, doms: _Domains, epoch: int) -> dict:
-        self.backbone.train()
-        FT.freeze_batchnorm(self.backbone)  # source statistics stay; AdaBN replaces them
-        self.head.train()
-        sums: dict[str, list[float]] = {"loss": [], "cls_loss": [], "align_loss": [],
-                                        "disc_accuracy": []}
-        for step in range(self.c.steps_per_epoch):
-            progress = (epoch * self.c.steps_per_epoch + step) / self.total
-            s = self.rng.integers(0, len(doms.src_views.x), self.c.batch)
-            t = self.rng.integers(0, len(doms.tgt_views.x), self.c.batch)
-            f_s = self._pooled(doms.src_views.x[s])
-            f_t = self._pooled_target(doms.tgt_views.x[t])
-            cls = self.head.loss(f_s, torch.as_tensor(doms.src_views.labels[s], device=self.device))
-            align = self._align(f_s, f_t, progress)
-            loss = cls + self.c.alignment_weight * align
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optim.step()
-            self.sched.step()
-            sums["loss"].append(loss.item())
-            sums["cls_loss"].append(cls.item())
-            sums["align_loss"].append(align.item())
-            if self.dann is not None:
-                sums["disc_accuracy"].append(self.dann.last_accuracy)
-        return {k: float(np.mean(v)) if v else "" for k, v in sums.items()}
 
     def _align(self, f_s: torch.Tensor, f_t: torch.Tensor, progress: float) -> torch.Tensor:
         method = self.c.method
@@ -313,14 +292,43 @@ class _Run:
             return A.mcc_loss(self.head.logits(f_t))
         return torch.zeros((), device=f_s.device)  # none, adabn: source-only training
 
-    def picture(self, doms: _Domains) -> dict:
+    def score(self, row: dict) -> float | None:
+        return None if self.c.select == "last" else row[_SCORE[self.c.select]]
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict:
+        self.backbone.eval()
+        self.head.eval()
+        d = self.doms
+        src_val = embed_cached(self._pooled, d.src_val.x)
+        tgt = embed_cached(self._pooled_target, d.tgt.x)
+        self._feats = {"src_val": src_val, "tgt": tgt}
+        row = {"source_val_accuracy": self._head_accuracy(src_val, d.src_val.labels),
+               "target_im": A.information_maximisation(
+                   torch.softmax(self.head.logits(tgt.to(self.device)), 1).cpu())}
+        if d.tgt_eval is not None:
+            ev = embed_cached(self._pooled_target, d.tgt_eval.x)
+            row["target_accuracy"] = self._head_accuracy(ev, d.tgt_eval.labels)
+            src = embed_cached(self._pooled, d.src_train.x)
+            self._feats.update(tgt_eval=ev, src_train=src)
+            row["target_ncm_accuracy"] = ncm_accuracy((src, d.src_train.labels),
+                                                      (ev, d.tgt_eval.labels))
+        if epoch < 0:
+            self.before = self.picture()
+        return row
+
+    def _head_accuracy(self, pooled: torch.Tensor, labels: np.ndarray) -> float:
+        pred = self.head.logits(pooled.to(self.device)).argmax(1).cpu().numpy()
+        return float((pred == labels).mean())
+
+    def picture(self) -> dict:
         """Features of the last evaluation for the 2-D picture: source validation images and
         the target images (the labelled evaluation ones when given)."""
         f = self._feats
-        out = {"source": f["src_val"], "source_labels": doms.src_val.labels,
+        out = {"source": f["src_val"], "source_labels": self.doms.src_val.labels,
                "target": f["tgt"]}
         if "tgt_eval" in f:
-            out["target"], out["target_labels"] = f["tgt_eval"], doms.tgt_eval.labels
+            out["target"], out["target_labels"] = f["tgt_eval"], self.doms.tgt_eval.labels
         return out
 
     def snapshot(self) -> dict:
@@ -334,50 +342,15 @@ class _Run:
         self.head.load_state_dict(snap["head"])
         self._feats = dict(snap["feats"])
 
-    @torch.no_grad()
-    def evaluate(self, doms: _Domains, epoch: int, loss: dict, seconds: float) -> dict:
-        self.backbone.eval()
-        self.head.eval()
-        src_val = embed_cached(self._pooled, doms.src_val.x)
-        tgt = embed_cached(self._pooled_target, doms.tgt.x)
-        self._feats = {"src_val": src_val, "tgt": tgt}
-        row = {"epoch": epoch, **loss, "seconds": seconds,
-               "source_val_accuracy": self._head_accuracy(src_val, doms.src_val.labels),
-               "target_im": A.information_maximisation(
-                   torch.softmax(self.head.logits(tgt.to(self.device)), 1).cpu())}
-        if doms.tgt_eval is not None:
-            ev = embed_cached(self._pooled_target, doms.tgt_eval.x)
-            row["target_accuracy"] = self._head_accuracy(ev, doms.tgt_eval.labels)
-            src = embed_cached(self._pooled, doms.src_train.x)
-            self._feats.update(tgt_eval=ev, src_train=src)
-            row["target_ncm_accuracy"] = _ncm_accuracy(src, doms.src_train.labels, ev,
-                                                       doms.tgt_eval.labels)
-        return row
-
-    def _head_accuracy(self, pooled: torch.Tensor, labels: np.ndarray) -> float:
-        pred = self.head.logits(pooled.to(self.device)).argmax(1).cpu().numpy()
-        return float((pred == labels).mean())
-
-    def save(self, path: Path, classes, backbone_name: str, doms: _Domains) -> None:
-        """The checkpoint, from the features the last evaluation (or snapshot) computed."""
-        f = self._feats
+    def checkpoint(self) -> Checkpoint:
+        """From the features the last evaluation (or snapshot) computed."""
+        f, d = self._feats, self.doms
         if "src_train" not in f:
-            f["src_train"] = embed_cached(self._pooled, doms.src_train.x)
-        src, val = (f["src_train"], doms.src_train.labels), (f["src_val"], doms.src_val.labels)
-        tgt = f["tgt"]
+            f["src_train"] = embed_cached(self._pooled, d.src_train.x)
+        src, val = (f["src_train"], d.src_train.labels), (f["src_val"], d.src_val.labels)
         # The deployed model sees the target domain: it carries the target's statistics.
         with A.use_batchnorm_stats(self.backbone, self.target_stats):
-            save_checkpoint(path, "adapt", asdict(self.c), backbone_name, list(classes),
-                            self.backbone, {"classes": (list(classes), self.head.fc)},
-                            center=tgt.mean(0), train=src, val=val)
-
-
-def _ncm_accuracy(src: torch.Tensor, src_y: np.ndarray, tgt: torch.Tensor,
-                  tgt_y: np.ndarray) -> float:
-    """Nearest source-class-mean accuracy of target features (cosine): the embedding's own
-    quality, independent of the classifier."""
-    classes = np.unique(src_y)
-    protos = F.normalize(torch.stack([F.normalize(src[src_y == c], dim=1).mean(0)
-                                      for c in classes]), dim=1)
-    pred = classes[(F.normalize(tgt, dim=1) @ protos.T).argmax(1).numpy()]
-    return float((pred == tgt_y).mean())
+            return make_checkpoint("adapt", asdict(self.c), self.spec.name,
+                                   list(self.src.classes), self.backbone,
+                                   {"classes": (list(self.src.classes), self.head.fc)},
+                                   center=f["tgt"].mean(0), train=src, val=val)

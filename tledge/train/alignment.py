@@ -16,6 +16,7 @@ METHODS = ("none", "dann", "coral", "mcc", "adabn")
 # Alignment-loss weights. DANN at 1.0 collapsed the features on PACS photo->sketch with
 # MobileNetV2 (15% target accuracy); 0.3 learned (34%). CORAL and MCC use their papers' 1.0.
 DEFAULT_WEIGHT = {"dann": 0.3, "coral": 1.0, "mcc": 1.0}
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -106,7 +107,7 @@ def adapt_batchnorm(model: nn.Module, batches, forward=None) -> int:
     ``batches`` (input tensors from the target domain, run through ``forward``, by default
     ``model`` itself). Returns the number of images seen."""
     forward = forward or model
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, BATCHNORMS)]
     saved = {m: m.momentum for m in norms}
     was_training = model.training
     model.eval()
@@ -153,6 +154,6 @@ class use_batchnorm_stats:
             for key in ("running_mean", "running_var"):
                 name = f"{prefix}.{key}" if prefix else key
                 if name in stats:
-                    old[name] = module._buffers[key]
-                    module._buffers[key] = stats[name]
+                    old[name] = getattr(module, key)
+                    setattr(module, key, stats[name])  # a registered buffer: rebinds it
         return old

@@ -23,8 +23,10 @@ from tledge import __version__
 from tledge.artifact import Head, ModelInfo
 from tledge.errors import TledgeError
 from tledge.train.backbones import get_backbone
+from tledge.train.checkpoint import Checkpoint, CheckpointError, load
 from tledge.train.data import image_files, load_batch
-from tledge.train.model import EmbeddingModel, fingerprint
+from tledge.train.metadata import write_model
+from tledge.train.model import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,7 @@ def pretrained_model(options: ExportOptions) -> tuple[EmbeddingModel, ModelInfo]
                                           allow_download=options.allow_download)
     model = EmbeddingModel(backbone).eval()
     thr = spec.threshold if options.threshold is None else options.threshold
-    info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim,
-                     fingerprint=fingerprint(model, spec.preprocess), preprocess=spec.preprocess,
+    info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim, preprocess=spec.preprocess,
                      threshold=thr, weights=source)
     return model, info
 
@@ -98,8 +99,7 @@ def export_embedding_model(model: EmbeddingModel, info: ModelInfo, output: Path,
             )
         extra = {**info.extra, "parity": f"min_cosine={min_cos:.6f} mean={mean_cos:.6f} "
                                          f"images={len(paths)}"}
-        info = replace(info, extra=extra)
-        _write_metadata(staged, info)
+        info = _write_metadata(staged, replace(info, extra=extra))
         os.replace(staged, output)
     log.info("exported %s (%s)", output, info.describe())
     return ExportReport(output, info, output.stat().st_size, len(paths), min_cos, mean_cos)
@@ -122,15 +122,13 @@ def _to_onnx(model: EmbeddingModel, info: ModelInfo, path: Path, opset: int) -> 
     _write_metadata(path, info)
 
 
-def _write_metadata(path: Path, info: ModelInfo) -> None:
+def _write_metadata(path: Path, info: ModelInfo) -> ModelInfo:
+    """Stamp the verifiable fingerprint (``tledge.train.metadata``); returns the stamped info."""
     import onnx
 
     proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, info.to_metadata())
-    proto.producer_name, proto.doc_string = "tledge", f"tledge embedding model: {info.describe()}"
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path), save_as_external_data=False)
+    proto.producer_name = "tledge"
+    return write_model(proto, info, path, check=True)
 
 
 def _parity_paths(options: ExportOptions) -> list[Path]:
@@ -175,52 +173,28 @@ def checkpoint_model(run_dir: str | os.PathLike, options: ExportOptions = Export
                      centering: bool = True) -> tuple[EmbeddingModel, ModelInfo]:
     """A run's best checkpoint as an exportable model, and its metadata."""
     ckpt = load_checkpoint(Path(run_dir))
-    backbone, spec, _ = get_backbone(ckpt["backbone"], pretrained=False)
-    backbone.load_state_dict(ckpt["model"])
+    backbone, spec, _ = get_backbone(ckpt.backbone, pretrained=False)
+    backbone.load_state_dict(ckpt.model)
     heads, head_meta = {}, []
-    for name, head in _checkpoint_heads(ckpt).items():
-        labels = tuple(head["labels"])
-        heads[name] = torch.nn.Linear(backbone.dim, len(labels))
-        heads[name].load_state_dict(head["state"])
-        head_meta.append(Head(name, labels, f"{name}_probs"))
-    center = ckpt["center"] if centering else None
+    for name, head in ckpt.heads.items():
+        heads[name] = torch.nn.Linear(backbone.dim, len(head.labels))
+        heads[name].load_state_dict(head.state)
+        head_meta.append(Head(name, tuple(head.labels), f"{name}_probs"))
+    center = ckpt.center if centering else None
     model = EmbeddingModel(backbone, heads, center).eval()
-    thr = ckpt.get("threshold_cl2n" if center is not None else "threshold_l2n", spec.threshold)
+    thr = ckpt.threshold(center is not None)
+    thr = spec.threshold if thr is None else thr
     thr = thr if options.threshold is None else options.threshold
-    cfg = ckpt["config"]
-    recipe = "/".join(str(cfg[k]) for k in ("mode", "objective", "method", "weighting")
-                      if k in cfg)
-    info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim,
-                     fingerprint=fingerprint(model, spec.preprocess),
-                     preprocess=spec.preprocess, threshold=float(thr), heads=tuple(head_meta),
-                     weights=f"{ckpt.get('kind', 'finetune')}: {Path(run_dir).resolve()} "
-                             f"({recipe})",
+    info = ModelInfo(backbone=spec.name, embedding_dim=spec.dim, preprocess=spec.preprocess,
+                     threshold=float(thr), heads=tuple(head_meta),
+                     weights=f"{ckpt.kind}: {Path(run_dir).resolve()} ({ckpt.recipe})",
                      extra={"centering": "cl2n" if center is not None else "l2n"})
     return model, info
 
 
-def _checkpoint_heads(ckpt: dict) -> dict:
-    """``{name: {"labels", "state"}}``; checkpoints written before heads were generic kept a
-    ``ce`` run's classifier as ``head`` (a LinearHead state: ``fc.*``)."""
-    if "heads" in ckpt:
-        return ckpt["heads"]
-    if ckpt["config"].get("objective") == "ce" and "head" in ckpt:
-        state = {k[len("fc."):]: v for k, v in ckpt["head"].items() if k.startswith("fc.")}
-        return {"classes": {"labels": ckpt["classes"], "state": state}}
-    return {}
-
-
-def load_checkpoint(run_dir: Path) -> dict:
-    """The best checkpoint of a run directory, loaded safely (``weights_only=True``)."""
-    from tledge.train.runs import CHECKPOINT_FORMAT
-
-    path = run_dir / "best.pt" if run_dir.is_dir() else run_dir
-    if not path.is_file():
-        raise ExportError(f"no checkpoint at {path}; train one with `tledge finetune`")
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """The best checkpoint of a run directory (``tledge.train.checkpoint.load``)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise ExportError(f"{path} is not a readable tledge checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ExportError(f"{path} is not a tledge checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
+        return load(run_dir)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc

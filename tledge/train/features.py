@@ -7,7 +7,10 @@ trained on: a CPU trains the last blocks in seconds per epoch instead of minutes
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,8 +18,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from tledge.runtime.images import load_image
-from tledge.train.backbones import Backbone
+from tledge.train.alignment import BATCHNORMS
 from tledge.train.data import LabelledImages, eval_transform, train_transform
+from tledge.train.distributed import Dist
+from tledge.train.registry import Backbone
 
 # Small batches: on CPU, activations over ~32 MB are mmap'ed afresh by glibc on every call
 # and the page faults cost more than the convolutions (measured: 27 ms/image at batch 4,
@@ -39,7 +44,7 @@ def cache_views(backbone: Backbone, stop: int, data: LabelledImages, views: int,
                 augment: bool, device: torch.device, seed: int,
                 desc: str = "caching features") -> CachedViews:
     """Run each image through stages [0, stop): one clean view, or ``views`` augmented ones."""
-    cfg = backbone_cfg(backbone)
+    cfg = backbone.preprocess
     tf = train_transform(cfg) if augment else eval_transform(cfg)
     n_views = views if augment else 1
     torch.manual_seed(seed)
@@ -63,10 +68,55 @@ def cache_views(backbone: Backbone, stop: int, data: LabelledImages, views: int,
     return CachedViews(torch.cat(outs), np.array(labels), np.array(image_ids))
 
 
-def backbone_cfg(backbone: Backbone):
-    from tledge.train.backbones import get_spec
+@torch.no_grad()
+def embed_cached(pooled, x: torch.Tensor, step: int = 32) -> torch.Tensor:
+    """Run cached trunk outputs (n, ...) through ``pooled`` in small batches: (n, dim) on CPU."""
+    parts = [pooled(x[i:i + step]).float().cpu() for i in range(0, len(x), step)]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
-    return get_spec(backbone.name).preprocess
+
+def shared_views(dist: Dist, cache_dir: Path | None, key: list, compute) -> CachedViews:
+    """``compute()`` (a ``CachedViews``) built once; see ``shared_tensors``."""
+    return _unpack(shared_tensors(dist, cache_dir, key, lambda: _pack(compute())))
+
+
+def shared_tensors(dist: Dist, cache_dir: Path | None, key: list, compute) -> dict:
+    """``compute()`` (a dict of tensors) built once: kept in ``cache_dir`` under a hash of
+    ``key`` when given (later runs on the same images reuse it), and under torchrun built by
+    rank 0 and loaded by the others (from ``cache_dir``, which is then required)."""
+    path = None
+    if cache_dir is not None:
+        name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
+        path = Path(cache_dir) / f"cache-{name}.pt"
+    return dist.shared(path, compute, load_tensors, save_tensors)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor] | None:
+    """A cached dict of tensors, or None when missing or unreadable (then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def save_tensors(path: Path, value: dict[str, torch.Tensor]) -> None:
+    """Written beside its name and moved into place: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+
+
+def _pack(views: CachedViews) -> dict[str, torch.Tensor]:
+    return {"x": views.x, "labels": torch.from_numpy(views.labels),
+            "image": torch.from_numpy(views.image)}
+
+
+def _unpack(z: dict[str, torch.Tensor]) -> CachedViews:
+    return CachedViews(z["x"], z["labels"].numpy(), z["image"].numpy())
 
 
 def trainable_start(backbone: Backbone, mode: str, unfreeze: int) -> int:
@@ -95,5 +145,5 @@ def set_trainable(backbone: Backbone, start: int) -> list[torch.nn.Parameter]:
 
 def freeze_batchnorm(module: torch.nn.Module) -> None:
     for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BATCHNORMS):
             m.eval()

@@ -1,5 +1,8 @@
 """``tledge finetune``: adapt a pretrained backbone to a class-per-folder dataset.
 
+The run skeleton (``tledge.train.engine``) does the rest; this module supplies the batches
+(class-balanced episodes), the loss and the validation.
+
 Modes: ``head`` (frozen backbone, linear probe), ``partial`` (last N stages), ``full`` (all,
 the backbone at a lower learning rate). Objectives: ``ce`` (classification with label
 smoothing), and for one-shot enrollment of unseen classes ``proto`` (episodic prototypical),
@@ -8,24 +11,33 @@ smoothing), and for one-shot enrollment of unseen classes ``proto`` (episodic pr
 
 from __future__ import annotations
 
-import json
-import math
-import time
+import copy
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from tledge.errors import TledgeError, suggest
 from tledge.train import features as FT
 from tledge.train.backbones import get_backbone
-from tledge.train.data import LabelledImages, class_split, stratified_split
+from tledge.train.checkpoint import Checkpoint, make_checkpoint
+from tledge.train.data import (
+    EpisodeSampler,
+    ImageDataset,
+    LabelledImages,
+    class_split,
+    load_batch,
+    stratified_split,
+    train_transform,
+)
+from tledge.train.distributed import Dist
+from tledge.train.engine import Algorithm, Plan, Run, fit
 from tledge.train.losses import OBJECTIVES, CosFaceHead, LinearHead, prototypical_loss, supcon_loss
-from tledge.train.report import RunLog
-from tledge.train.runs import save_checkpoint
+from tledge.train.protos import compute_prototypes, ncm_predict
+from tledge.train.report import MetricsLog, plot_confusion
 
 MODES = ("head", "partial", "full")
 
@@ -67,111 +79,34 @@ class FinetuneConfig:
             raise TledgeError("epochs, steps-per-epoch and shot must be >= 1 and way >= 2")
 
 
-def open_set_threshold(train, val, center, disjoint: bool, far: float = 0.05) -> float:
-    """Open-set threshold accepting ``far`` of impostors: validation embeddings scored
-    against the prototypes of the other classes (held-out classes: among themselves).
-    ``train`` and ``val`` are (pooled features (n, dim), labels (n,))."""
-    va, va_y = val
-    protos_x, protos_y = val if disjoint else train
-
-    def unit(x):
-        return F.normalize(x - center if center is not None else x, dim=1)
-
-    classes = np.unique(protos_y)
-    protos = F.normalize(torch.stack([unit(protos_x[protos_y == c]).mean(0)
-                                      for c in classes]), dim=1)
-    scores = (unit(va) @ protos.T).numpy()
-    scores[np.arange(len(va_y)), np.searchsorted(classes, va_y)] = -np.inf
-    return float(np.quantile(scores.max(1), 1.0 - far))
-
-
-def schedule(total_steps: int, warmup_steps: int):
-    """Linear warm-up then cosine decay, as a LambdaLR factor."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TledgeError("--device cuda was requested but torch sees no CUDA device")
-    return torch.device(name)
+FIELDS = ("epoch", "train_loss", "val_accuracy", "val_head_accuracy", "lr", "seconds")
 
 
 def finetune(data_root: Path, run_dir: Path, config: FinetuneConfig, resume: bool = False) -> dict:
     """Train, keep the best checkpoint by validation accuracy, write the run directory."""
     config.validate()
-    torch.manual_seed(config.seed)
-    device = pick_device(config.device)
     data = LabelledImages.scan(data_root)
     if len(data.classes) < 2:
         raise TledgeError(f"{data_root} needs at least two class folders")
-    # Metric objectives exist to embed unseen classes well, so they are validated on classes
-    # held out of training; ``ce`` is validated on held-out images of its own classes.
-    disjoint = config.objective != "ce"
-    splitter = class_split if disjoint else stratified_split
-    train_idx, val_idx = splitter(data.labels, config.val_fraction, config.seed)
-    train, val = data.subset(train_idx), data.subset(val_idx)
-    backbone, spec, source = get_backbone(config.backbone, weights=config.weights)
-    backbone.to(device)
-    start = FT.trainable_start(backbone, config.mode, config.unfreeze)
-    params = FT.set_trainable(backbone, start)
-    head = _make_head(config.objective, backbone.dim, len(data.classes)).to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {**asdict(config), "data": str(data_root), "classes": list(data.classes),
-         "weights_source": source, "train_images": len(train.files),
-         "val_images": len(val.files)}, indent=2))
-    cached = start > 0
-    if cached:
-        backbone.eval()
-        def cache(part, views, augment):
-            return FT.cache_views(backbone, start, part, views, augment, device, config.seed)
-
-        train_views = cache(train, config.views, True)
-        train_clean, val_clean = cache(train, 1, False), cache(val, 1, False)
-    else:
-        train_views = train_clean = val_clean = None  # full mode decodes images each step
-    groups = [{"params": list(head.parameters()), "lr": config.lr}]
-    if params:
-        mult = config.backbone_lr_mult if config.mode == "full" else 1.0
-        groups.append({"params": params, "lr": config.lr * mult})
-    optim = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    total = config.epochs * config.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, schedule(total, int(config.warmup_epochs * config.steps_per_epoch)))
-    trainer = _Trainer(config, backbone, head, start, device, optim, sched, disjoint)
-    log = RunLog(run_dir)
-    source_data = train_views if cached else train
-    if config.anchor:  # before a resume loads trained weights: anchors are the pretrained ones
-        trainer.anchors(source_data)
-    first_epoch = trainer.load(run_dir / "last.pt", log) if resume else 0
-    if first_epoch == 0:  # the pretrained model is the baseline to beat (epoch -1)
-        acc, confusion, ce_acc = trainer.validate(train_clean or train, val_clean or val)
-        if log.add(-1, float("nan"), acc, ce_acc, 0.0, 0.0, confusion):
-            trainer.save_best(run_dir / "best.pt", data.classes, spec.name, train_clean or train,
-                              val_clean or val)
-    bar = tqdm(range(first_epoch, config.epochs), desc="epochs", disable=None)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        loss = trainer.epoch(source_data, epoch)
-        acc, confusion, ce_acc = trainer.validate(train_clean or train, val_clean or val)
-        improved = log.add(epoch, loss, acc, ce_acc, optim.param_groups[0]["lr"],
-                           time.perf_counter() - t0, confusion)
-        bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.3f}")
-        if improved:
-            trainer.save_best(run_dir / "best.pt", data.classes, spec.name, train_clean or train,
-                              val_clean or val)
-        trainer.save_last(run_dir / "last.pt", epoch, log)
-        if log.stale_epochs() >= config.patience:
-            break
-    log.finish(data.classes)
-    return log.summary()
+    run = Run.start(run_dir, config.device, config.seed)
+    try:
+        algo = Finetune(config, data, run)
+        run.write_json("config.json", {**asdict(config), "data": str(data_root), **algo.info})
+        algo.prepare()
+        log = MetricsLog(run_dir, FIELDS, ("train_loss",), ("val_accuracy", "val_head_accuracy"),
+                         write=run.dist.is_main)
+        plan = Plan(config.epochs, config.steps_per_epoch, baseline=True,
+                    baseline_selectable=True, patience=config.patience, resumable=True)
+        best = fit(algo, run, plan, log, resume)
+        log.finish({"val_accuracy": "nearest class mean", "val_head_accuracy": "classifier head"})
+        if run.dist.is_main and best.get("_confusion") is not None and best["_confusion"].size:
+            plot_confusion(best["_confusion"], list(algo.data.classes), run_dir / "confusion.png")
+        return {"best_epoch": best["epoch"], "best_val_accuracy": Finetune.selection(best),
+                "epochs_run": len(log.rows),
+                "train_seconds": float(sum(r["seconds"] for r in log.rows)),
+                "run_dir": str(run_dir)}
+    finally:
+        run.close()
 
 
 def _make_head(objective: str, dim: int, classes: int) -> torch.nn.Module:
@@ -182,75 +117,120 @@ def _make_head(objective: str, dim: int, classes: int) -> torch.nn.Module:
     return torch.nn.Module()  # proto and supcon train the embedding alone
 
 
-class _Trainer:
-    """One model's steps, validation and checkpoints; cached or image-based inputs."""
+class Finetune(Algorithm):
+    """Episodes of the training classes through the trainable stages (cached trunk outputs,
+    or images in full mode); validation by nearest class mean."""
 
-    def __init__(self, config, backbone, head, start, device, optim, sched, disjoint) -> None:
-        self.c, self.backbone, self.head, self.start = config, backbone, head, start
-        self.disjoint = disjoint
-        self.device, self.optim, self.sched = device, optim, sched
-        self.amp = device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+    def __init__(self, config: FinetuneConfig, data: LabelledImages, run: Run) -> None:
+        self.c, self.data, self.run, self.device = config, data, run, run.device
+        # Metric objectives exist to embed unseen classes well, so they are validated on
+        # classes held out of training; ``ce`` on held-out images of its own classes.
+        self.disjoint = config.objective != "ce"
+        splitter = class_split if self.disjoint else stratified_split
+        train_idx, val_idx = splitter(data.labels, config.val_fraction, config.seed)
+        self.train, self.val = data.subset(train_idx), data.subset(val_idx)
+        self.backbone, self.spec, source = get_backbone(config.backbone, weights=config.weights)
+        self.backbone.to(self.device)
+        self.start = FT.trainable_start(self.backbone, config.mode, config.unfreeze)
+        self.params = FT.set_trainable(self.backbone, self.start)
+        self.head = _make_head(config.objective, self.backbone.dim,
+                               len(data.classes)).to(self.device)
+        self.warmup_steps = int(config.warmup_epochs * config.steps_per_epoch)
+        self.weight_decay = config.weight_decay
+        self.info = {"classes": list(data.classes), "weights_source": source,
+                     "train_images": len(self.train.files), "val_images": len(self.val.files)}
+
+    def prepare(self) -> None:
+        """Cache the frozen trunk's outputs (head/partial) and the pretrained anchors."""
+        if self.start > 0:
+            self.backbone.eval()
+            folder = self.run.feature_dir(None)
+
+            def cache(part, views, augment):
+                key = [self.c.backbone, self.c.weights, self.start, views, augment,
+                       self.c.seed, "pretrained", [str(f) for f in part.files]]
+                return FT.shared_views(self.run.dist, folder, key, lambda: FT.cache_views(
+                    self.backbone, self.start, part, views, augment, self.device, self.c.seed))
+
+            self.source = cache(self.train, self.c.views, True)
+            self.train_clean, self.val_clean = cache(self.train, 1, False), cache(self.val, 1,
+                                                                                  False)
+        else:  # full mode decodes images each step
+            self.source, self.train_clean, self.val_clean = self.train, self.train, self.val
+        if self.c.anchor:  # the pretrained embeddings (a resume loads trained weights later)
+            self.frozen = copy.deepcopy(self.backbone).eval()
+            if isinstance(self.source, FT.CachedViews):
+                self.source.anchor, _ = self.embed(self.source)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"model": self.backbone, "head": self.head}
+
+    def param_groups(self) -> list[dict]:
+        groups = [{"params": list(self.head.parameters()), "lr": self.c.lr}]
+        if self.params:
+            mult = self.c.backbone_lr_mult if self.c.mode == "full" else 1.0
+            groups.append({"params": self.params, "lr": self.c.lr * mult})
+        return groups
+
+    def train_mode(self) -> None:
+        self.backbone.train()
+        FT.freeze_batchnorm(self.backbone)
+
+    def batches(self, epoch: int, dist: Dist):
+        """Episodes: each step's global batch is one episode per rank, drawn from one
+        sampler seeded by epoch (the same on every rank); rank r takes the r-th."""
+        query = self.c.query if self.c.objective == "proto" else 0
+        labels = self.source.labels
+        sampler = EpisodeSampler(labels, min(self.c.way, len(np.unique(labels))), self.c.shot,
+                                 query, self.c.steps_per_epoch * dist.world,
+                                 self.c.seed * 1000 + epoch)
+        mine = islice(sampler, dist.rank, None, dist.world)
+        if isinstance(self.source, FT.CachedViews):
+            anchors = self.source.anchor
+            for idx in mine:
+                yield (self.source.x[idx], torch.as_tensor(labels[idx]),
+                       anchors[idx] if anchors is not None else None)
+        else:
+            ds = ImageDataset(self.source, train_transform(self.backbone.preprocess))
+            for idx in mine:
+                items = [ds[i] for i in idx]
+                yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]), None
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y, anchor = batch
+        pooled = self._pooled(x)
+        obj, y = self.c.objective, y.to(self.device)
+        if obj in ("ce", "cosface"):
+            loss = self.head.loss(pooled, y)
+        elif obj == "proto":
+            loss = prototypical_loss(pooled, y, self.c.shot)
+        else:
+            loss = supcon_loss(pooled, y)
+        if self.c.anchor:
+            if anchor is None:
+                with torch.no_grad():
+                    anchor = self.frozen.forward_from(x.to(self.device), self.start)
+            drift = (1.0 - F.cosine_similarity(pooled, anchor.to(pooled.device), dim=1)).mean()
+            loss = loss + self.c.anchor * drift
+        return loss, {"train_loss": loss.item()}
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_from(x.to(self.device), self.start)
 
-    def anchors(self, source) -> None:
-        """Remember the pretrained embedding of every training input (before any step)."""
-        import copy
+    @staticmethod
+    def selection(row: dict) -> float:
+        """The classifier head's accuracy when there is one, else nearest class mean."""
+        head = row["val_head_accuracy"]
+        return head if head not in ("", None) else row["val_accuracy"]
 
-        self.frozen = copy.deepcopy(self.backbone).eval()
-        if isinstance(source, FT.CachedViews):
-            source.anchor, _ = self.embed(source)
+    def score(self, row: dict) -> float:
+        return self.selection(row)
 
-    def _anchor_loss(self, pooled: torch.Tensor, x: torch.Tensor, anchor) -> torch.Tensor:
-        if anchor is None:
-            with torch.no_grad():
-                anchor = self.frozen.forward_from(x.to(self.device), self.start)
-        return (1.0 - F.cosine_similarity(pooled, anchor.to(pooled.device), dim=1)).mean()
-
-    def _loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        obj = self.c.objective
-        if obj in ("ce", "cosface"):
-            return self.head.loss(pooled, labels)
-        if obj == "proto":
-            return prototypical_loss(pooled, labels, self.c.shot)
-        return supcon_loss(pooled, labels)
-
-    def _batches(self, source, epoch: int):
-        from tledge.train.data import EpisodeSampler, ImageDataset, train_transform
-
-        query = self.c.query if self.c.objective == "proto" else 0
-        labels = source.labels
-        sampler = EpisodeSampler(labels, min(self.c.way, len(np.unique(labels))), self.c.shot,
-                                 query, self.c.steps_per_epoch, self.c.seed * 1000 + epoch)
-        if isinstance(source, FT.CachedViews):
-            for idx in sampler:
-                anchor = source.anchor[idx] if source.anchor is not None else None
-                yield source.x[idx], torch.as_tensor(labels[idx]), anchor
-        else:
-            ds = ImageDataset(source, train_transform(FT.backbone_cfg(self.backbone)))
-            for idx in sampler:
-                items = [ds[i] for i in idx]
-                yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]), None
-
-    def epoch(self, source, epoch: int) -> float:
-        self.backbone.train()
-        FT.freeze_batchnorm(self.backbone)
-        losses = []
-        for x, y, anchor in self._batches(source, epoch):
-            with torch.autocast(self.device.type, enabled=self.amp):
-                pooled = self._pooled(x)
-                loss = self._loss(pooled, y.to(self.device))
-                if self.c.anchor:
-                    loss = loss + self.c.anchor * self._anchor_loss(pooled, x, anchor)
-            self.optim.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
-            self.sched.step()
-            losses.append(loss.item())
-        return float(np.mean(losses))
+    def evaluate(self, epoch: int) -> dict:
+        acc, confusion, ce_acc = self.validate()
+        row = {"val_accuracy": acc, "val_head_accuracy": "" if ce_acc is None else ce_acc,
+               "_confusion": confusion}
+        return {"train_loss": float("nan"), "lr": 0.0, **row} if epoch < 0 else row
 
     @torch.no_grad()
     def embed(self, source) -> tuple[torch.Tensor, np.ndarray]:
@@ -260,70 +240,47 @@ class _Trainer:
             step = FT.CACHE_BATCH * 4
             parts = [self._pooled(source.x[i:i + step]) for i in range(0, len(source.x), step)]
             return torch.cat(parts).float().cpu(), source.labels
-        from tledge.train.data import load_batch
-
-        cfg = FT.backbone_cfg(self.backbone)
-        files = list(source.files)
-        step = FT.CACHE_BATCH
+        files, step, cfg = list(source.files), FT.CACHE_BATCH, self.backbone.preprocess
         parts = [self.backbone.forward_features(load_batch(files[i:i + step], cfg).to(self.device))
                  for i in range(0, len(files), step)]
         return torch.cat(parts).float().cpu(), source.labels
 
-    def validate(self, train_src, val_src) -> tuple[float, np.ndarray, float | None]:
-        """Nearest-class-mean accuracy of validation images.
-
-        Held-out classes: half of each class's images are its prototype, the rest queries.
-        Held-out images: prototypes from the training images.
-        """
-        va, va_y = self.embed(val_src)
+    def validate(self) -> tuple[float, np.ndarray, float | None]:
+        """Nearest-class-mean accuracy of validation images, the confusion matrix and (ce)
+        the classifier's accuracy. Held-out classes: all-way 1-shot among themselves."""
+        va, va_y = self.embed(self.val_clean)
         if self.disjoint:
-            return self._one_shot(va, va_y), np.zeros((0, 0), np.int64), None
-        tr, tr_y = self.embed(train_src)
-        classes = np.unique(tr_y)
-        protos = F.normalize(torch.stack([F.normalize(tr[tr_y == c], dim=1).mean(0)
-                                          for c in classes]), dim=1)
-        pred = classes[(F.normalize(va, dim=1) @ protos.T).argmax(1).numpy()]
-        n = int(classes.max()) + 1
+            return _one_shot(va, va_y), np.zeros((0, 0), np.int64), None
+        tr, tr_y = self.embed(self.train_clean)
+        protos = compute_prototypes(tr, tr_y)
+        pred = ncm_predict(protos, va)
+        n = int(protos[0].max()) + 1
         confusion = np.zeros((n, n), np.int64)
         np.add.at(confusion, (va_y, pred), 1)
         ce_acc = None
-        if self.c.objective == "ce" and not self.disjoint:
+        if self.c.objective == "ce":
             head_pred = self.head.logits(va.to(self.device)).argmax(1).cpu().numpy()
             ce_acc = float((head_pred == va_y).mean())
         return float((pred == va_y).mean()), confusion, ce_acc
 
-    @staticmethod
-    def _one_shot(emb: torch.Tensor, labels: np.ndarray, episodes: int = 20) -> float:
-        """All-way 1-shot accuracy over the held-out classes, averaged over seeded draws."""
-        z = F.normalize(emb, dim=1)
-        classes = np.unique(labels)
-        rng = np.random.default_rng(0)
-        accs = []
-        for _ in range(episodes):
-            support = np.array([rng.choice(np.flatnonzero(labels == c)) for c in classes])
-            query = np.setdiff1d(np.arange(len(labels)), support)
-            pred = classes[(z[query] @ z[support].T).argmax(1).numpy()]
-            accs.append(float((pred == labels[query]).mean()))
-        return float(np.mean(accs))
+    def checkpoint(self) -> Checkpoint:
+        train, val = self.embed(self.train_clean), self.embed(self.val_clean)
+        heads = {"classes": (list(self.data.classes), self.head.fc)} \
+            if self.c.objective == "ce" else {}
+        return make_checkpoint("finetune", asdict(self.c), self.spec.name,
+                               list(self.data.classes), self.backbone, heads,
+                               train[0].mean(0), train, val, self.disjoint)
 
-    def save_best(self, path: Path, classes, backbone_name: str, train_src, val_src) -> None:
-        train, val = self.embed(train_src), self.embed(val_src)  # once, for all three uses
-        heads = {"classes": (list(classes), self.head.fc)} if self.c.objective == "ce" else {}
-        save_checkpoint(path, "finetune", asdict(self.c), backbone_name, list(classes),
-                        self.backbone, heads, train[0].mean(0), train, val, self.disjoint)
 
-    def save_last(self, path: Path, epoch: int, log: RunLog) -> None:
-        torch.save({"epoch": epoch, "model": self.backbone.state_dict(),
-                    "head": self.head.state_dict(), "optim": self.optim.state_dict(),
-                    "sched": self.sched.state_dict(), "history": log.rows}, path)
-
-    def load(self, path: Path, log: RunLog) -> int:
-        if not path.is_file():
-            raise TledgeError(f"cannot resume: {path} not found")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.backbone.load_state_dict(state["model"])
-        self.head.load_state_dict(state["head"])
-        self.optim.load_state_dict(state["optim"])
-        self.sched.load_state_dict(state["sched"])
-        log.rows = list(state["history"])
-        return int(state["epoch"]) + 1
+def _one_shot(emb: torch.Tensor, labels: np.ndarray, episodes: int = 20) -> float:
+    """All-way 1-shot accuracy over the held-out classes, averaged over seeded draws."""
+    z = F.normalize(emb, dim=1)
+    classes = np.unique(labels)
+    rng = np.random.default_rng(0)
+    accs = []
+    for _ in range(episodes):
+        support = np.array([rng.choice(np.flatnonzero(labels == c)) for c in classes])
+        query = np.setdiff1d(np.arange(len(labels)), support)
+        pred = classes[(z[query] @ z[support].T).argmax(1).numpy()]
+        accs.append(float((pred == labels[query]).mean()))
+    return float(np.mean(accs))

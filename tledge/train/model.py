@@ -3,14 +3,10 @@ plus optional named heads that hang off the pooled embedding."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tledge.artifact import Preprocess
 from tledge.train.backbones import Backbone
 
 
@@ -49,15 +45,3 @@ class EmbeddingModel(nn.Module):
         outs += [torch.softmax(head(pooled), dim=1) for head in self.heads.values()]
         return tuple(outs)
 
-
-def fingerprint(model: nn.Module, preprocess: Preprocess, precision: str = "fp32") -> str:
-    """sha256 over every tensor (by name), the preprocessing and the precision.
-
-    Two models share a fingerprint only if they turn the same pixels into the same vectors.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(json.dumps([preprocess.__dict__, precision], sort_keys=True).encode())
-    return digest.hexdigest()

@@ -10,7 +10,6 @@ by a learned exp(-s) plus s). The export carries every head as a named output.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from tledge.errors import TledgeError
 from tledge.runtime.images import list_images
 from tledge.train import features as FT
 from tledge.train.backbones import get_backbone
+from tledge.train.checkpoint import Checkpoint, make_checkpoint
 from tledge.train.data import LabelledImages, stratified_split
-from tledge.train.finetune import pick_device, schedule
+from tledge.train.distributed import Dist
+from tledge.train.engine import Algorithm, Plan, Run, fit
+from tledge.train.features import embed_cached
 from tledge.train.losses import LinearHead
-from tledge.train.runs import embed_cached, save_checkpoint
+from tledge.train.report import MetricsLog
 
 WEIGHTINGS = ("fixed", "uncertainty")
 
@@ -104,123 +105,147 @@ class MultitaskConfig:
             raise TledgeError("epochs and steps-per-epoch must be >= 1, batch >= 2")
 
 
-def multitask(spec: TaskSpec, run_dir: Path, config: MultitaskConfig) -> dict:
+def multitask(spec: TaskSpec, run_dir: Path, config: MultitaskConfig,
+              resume: bool = False) -> dict:
     """Train every head on the shared backbone; keep the best mean validation accuracy."""
-    tasks = list(spec.names)
-    config.validate(len(tasks))
-    torch.manual_seed(config.seed)
-    device = pick_device(config.device)
-    strat = spec.labels[tasks[0]].copy()
-    strat[strat < 0] = strat.max() + 1
-    train_idx, val_idx = stratified_split(strat, config.val_fraction, config.seed)
-    items = LabelledImages(("item",), spec.files, np.arange(len(spec.files)))
-    backbone, bspec, weights_source = get_backbone(config.backbone)
-    backbone.to(device).eval()
-    start = FT.trainable_start(backbone, "partial", config.unfreeze)
-    params = FT.set_trainable(backbone, start)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(
-        {**asdict(config), "tasks": {t: list(n) for t, n in spec.names.items()},
-         "images": len(spec.files), "train_images": len(train_idx),
-         "val_images": len(val_idx), "weights_source": weights_source}, indent=2))
-    t0 = time.perf_counter()
-    views = FT.cache_views(backbone, start, items.subset(train_idx), config.views, True, device,
-                           config.seed, "training views")
-    train = FT.cache_views(backbone, start, items.subset(train_idx), 1, False, device,
-                           config.seed, "training")
-    val = FT.cache_views(backbone, start, items.subset(val_idx), 1, False, device, config.seed,
-                         "validation")
-    cache_s = time.perf_counter() - t0
-    heads = nn.ModuleDict({t: LinearHead(backbone.dim, len(spec.names[t])) for t in tasks})
-    log_vars = nn.Parameter(torch.zeros(len(tasks)))
-    heads.to(device)
-    groups = [{"params": list(heads.parameters()), "lr": config.lr},
-              {"params": params, "lr": config.lr * config.backbone_lr_mult}]
-    if config.weighting == "uncertainty":
-        groups.append({"params": [log_vars], "lr": config.lr, "weight_decay": 0.0})
-    optim = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    total = config.epochs * config.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, schedule(total, config.steps_per_epoch))
-    weights = torch.tensor(config.task_weights or [1.0] * len(tasks))
-    rng = np.random.default_rng(config.seed)
-
-    def pooled(x):
-        return backbone.forward_from(x.to(device), start)
-
-    def labels_of(part, task):
-        return spec.labels[task][part.labels]  # cached labels are item indices
-
-    rows, best = [], -1.0
-    for epoch in tqdm(range(config.epochs), desc="multitask", disable=None):
-        t1 = time.perf_counter()
-        backbone.train()
-        FT.freeze_batchnorm(backbone)
-        sums = np.zeros(len(tasks))
-        for _ in range(config.steps_per_epoch):
-            idx = rng.integers(0, len(views.x), config.batch)
-            feats = pooled(views.x[idx])
-            losses = []
-            for t in tasks:
-                y = torch.as_tensor(labels_of(views, t)[idx], device=device)
-                mask = y >= 0
-                losses.append(heads[t].loss(feats[mask], y[mask]) if mask.any()
-                              else feats.sum() * 0)
-            stacked = torch.stack(losses)
-            if config.weighting == "uncertainty":
-                loss = (torch.exp(-log_vars) * stacked + log_vars).sum()
-            else:
-                loss = (weights.to(device) * stacked).sum()
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            sched.step()
-            sums += stacked.detach().cpu().numpy()
-        accs = _accuracies(heads, pooled, val, tasks, labels_of, backbone)
-        row = {"epoch": epoch, "seconds": round(time.perf_counter() - t1, 2),
-               **{f"loss_{t}": float(sums[i] / config.steps_per_epoch)
-                  for i, t in enumerate(tasks)},
-               **{f"val_accuracy_{t}": a for t, a in accs.items()},
-               **{f"weight_{t}": float(torch.exp(-log_vars[i]).detach())
-                  for i, t in enumerate(tasks) if config.weighting == "uncertainty"}}
-        rows.append(row)
-        _write_csv(run_dir / "metrics.csv", rows)
-        mean_acc = float(np.mean(list(accs.values())))
-        if mean_acc > best:
-            best, best_row = mean_acc, row
-            first = tasks[0]
-            tr = (embed_cached(pooled, train.x), labels_of(train, first))
-            va = (embed_cached(pooled, val.x), labels_of(val, first))
-            keep_tr, keep_va = tr[1] >= 0, va[1] >= 0
-            save_checkpoint(run_dir / "best.pt", "multitask", asdict(config), bspec.name,
-                            list(spec.names[first]), backbone,
-                            {t: (list(spec.names[t]), heads[t].fc) for t in tasks},
-                            tr[0].mean(0), (tr[0][keep_tr], tr[1][keep_tr]),
-                            (va[0][keep_va], va[1][keep_va]))
-    summary = {"tasks": tasks, "best_epoch": best_row["epoch"],
-               **{k: v for k, v in best_row.items() if k.startswith("val_accuracy_")},
-               "cache_seconds": round(cache_s, 1),
-               "train_seconds": round(sum(r["seconds"] for r in rows), 1),
-               "run_dir": str(run_dir)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    config.validate(len(spec.names))
+    run = Run.start(run_dir, config.device, config.seed)
+    try:
+        algo = Multitask(spec, config, run)
+        run.write_json("config.json", {**asdict(config), **algo.info})
+        t0 = time.perf_counter()
+        algo.prepare(run.feature_dir(None))
+        cache_s = time.perf_counter() - t0
+        tasks = algo.tasks
+        log = MetricsLog(run_dir, losses=tuple(f"loss_{t}" for t in tasks),
+                         accuracies=tuple(f"val_accuracy_{t}" for t in tasks),
+                         write=run.dist.is_main)
+        best = fit(algo, run, Plan(config.epochs, config.steps_per_epoch, resumable=True,
+                                   desc="multitask"), log, resume)
+        log.finish()
+        summary = {"tasks": tasks, "best_epoch": best["epoch"],
+                   **{k: v for k, v in best.items() if k.startswith("val_accuracy_")},
+                   "cache_seconds": round(cache_s, 1),
+                   "train_seconds": round(sum(r["seconds"] for r in log.rows), 1),
+                   "run_dir": str(run_dir)}
+        run.write_json("summary.json", summary)
+        return summary
+    finally:
+        run.close()
 
 
-@torch.no_grad()
-def _accuracies(heads, pooled, val, tasks, labels_of, backbone) -> dict[str, float]:
-    backbone.eval()
-    feats = embed_cached(pooled, val.x)
-    out = {}
-    for t in tasks:
-        y = labels_of(val, t)
-        keep = y >= 0
-        pred = heads[t].logits(feats[keep].to(next(heads.parameters()).device)).argmax(1)
-        out[t] = float((pred.cpu().numpy() == y[keep]).mean()) if keep.any() else float("nan")
-    return out
+class Multitask(Algorithm):
+    """Random batches of the training items; one classification loss per task, weighted
+    (fixed or learned uncertainty); selection by mean validation accuracy."""
 
+    unused_parameters = True    # a task without labels in a batch leaves its head idle
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    def __init__(self, spec: TaskSpec, config: MultitaskConfig, run: Run) -> None:
+        self.spec, self.c, self.run, self.device = spec, config, run, run.device
+        self.tasks = list(spec.names)
+        strat = spec.labels[self.tasks[0]].copy()
+        strat[strat < 0] = strat.max() + 1
+        self.train_idx, self.val_idx = stratified_split(strat, config.val_fraction, config.seed)
+        self.backbone, self.bspec, weights_source = get_backbone(config.backbone)
+        self.backbone.to(self.device).eval()
+        self.start = FT.trainable_start(self.backbone, "partial", config.unfreeze)
+        self.params = FT.set_trainable(self.backbone, self.start)
+        self.warmup_steps, self.weight_decay = config.steps_per_epoch, config.weight_decay
+        self.info = {"tasks": {t: list(n) for t, n in spec.names.items()},
+                     "images": len(spec.files), "train_images": len(self.train_idx),
+                     "val_images": len(self.val_idx), "weights_source": weights_source}
+
+    def prepare(self, cache_dir: Path | None) -> None:
+        """Cache the trunk's outputs, then build the heads (after the caches, as the seeded
+        initialisation always was)."""
+        items = LabelledImages(("item",), self.spec.files, np.arange(len(self.spec.files)))
+
+        def cache(idx, views, augment, desc):
+            key = [self.c.backbone, None, self.start, views, augment, self.c.seed, "items",
+                   [str(f) for f in items.subset(idx).files]]
+            return FT.shared_views(self.run.dist, cache_dir, key, lambda: FT.cache_views(
+                self.backbone, self.start, items.subset(idx), views, augment, self.device,
+                self.c.seed, desc))
+
+        self.views = cache(self.train_idx, self.c.views, True, "training views")
+        self.train = cache(self.train_idx, 1, False, "training")
+        self.val = cache(self.val_idx, 1, False, "validation")
+        self.heads = nn.ModuleDict({t: LinearHead(self.backbone.dim, len(self.spec.names[t]))
+                                    for t in self.tasks}).to(self.device)
+        self.log_vars = nn.Parameter(torch.zeros(len(self.tasks), device=self.device))
+        self.weights = torch.tensor(self.c.task_weights or [1.0] * len(self.tasks))
+        self.rng = np.random.default_rng(self.c.seed)
+
+    def modules(self) -> dict[str, nn.Module]:
+        holder = nn.Module()
+        holder.log_vars = self.log_vars  # a bare parameter needs a module for DDP and last.pt
+        return {"model": self.backbone, "heads": self.heads, "weighting": holder}
+
+    def param_groups(self) -> list[dict]:
+        groups = [{"params": list(self.heads.parameters()), "lr": self.c.lr},
+                  {"params": self.params, "lr": self.c.lr * self.c.backbone_lr_mult}]
+        if self.c.weighting == "uncertainty":
+            groups.append({"params": [self.log_vars], "lr": self.c.lr, "weight_decay": 0.0})
+        return groups
+
+    def train_mode(self) -> None:
+        self.backbone.train()
+        FT.freeze_batchnorm(self.backbone)
+
+    def labels_of(self, part: FT.CachedViews, task: str) -> np.ndarray:
+        return self.spec.labels[task][part.labels]  # cached labels are item indices
+
+    def batches(self, epoch: int, dist: Dist):
+        """Each step's global batch drawn alike on every rank, each rank taking its part."""
+        for _ in range(self.c.steps_per_epoch):
+            idx = dist.shard(self.rng.integers(0, len(self.views.x), self.c.batch))
+            yield self.views.x[idx], {t: self.labels_of(self.views, t)[idx] for t in self.tasks}
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        x, labels = batch
+        feats = self.backbone.forward_from(x.to(self.device), self.start)
+        losses = []
+        for t in self.tasks:
+            y = torch.as_tensor(labels[t], device=self.device)
+            mask = y >= 0
+            losses.append(self.heads[t].loss(feats[mask], y[mask]) if mask.any()
+                          else feats.sum() * 0)
+        stacked = torch.stack(losses)
+        if self.c.weighting == "uncertainty":
+            loss = (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
+        else:
+            loss = (self.weights.to(self.device) * stacked).sum()
+        return loss, {f"loss_{t}": float(v) for t, v in zip(self.tasks, stacked.tolist())}
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict:
+        self.backbone.eval()
+        feats = embed_cached(self._pooled, self.val.x)
+        row = {}
+        for t in self.tasks:
+            y = self.labels_of(self.val, t)
+            keep = y >= 0
+            pred = self.heads[t].logits(feats[keep].to(self.device)).argmax(1)
+            row[f"val_accuracy_{t}"] = (float((pred.cpu().numpy() == y[keep]).mean())
+                                        if keep.any() else float("nan"))
+        if self.c.weighting == "uncertainty":
+            row.update({f"weight_{t}": float(torch.exp(-self.log_vars[i]))
+                        for i, t in enumerate(self.tasks)})
+        return row
+
+    def score(self, row: dict) -> float:
+        return float(np.mean([row[f"val_accuracy_{t}"] for t in self.tasks]))
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_from(x.to(self.device), self.start)
+
+    def checkpoint(self) -> Checkpoint:
+        first, names = self.tasks[0], self.spec.names
+        tr = (embed_cached(self._pooled, self.train.x), self.labels_of(self.train, first))
+        va = (embed_cached(self._pooled, self.val.x), self.labels_of(self.val, first))
+        keep_tr, keep_va = tr[1] >= 0, va[1] >= 0
+        return make_checkpoint("multitask", asdict(self.c), self.bspec.name,
+                               list(names[first]), self.backbone,
+                               {t: (list(names[t]), self.heads[t].fc) for t in self.tasks},
+                               tr[0].mean(0), (tr[0][keep_tr], tr[1][keep_tr]),
+                               (va[0][keep_va], va[1][keep_va]))

@@ -26,13 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.transforms import v2
 
 from tledge.artifact import Preprocess
 from tledge.errors import TledgeError
 from tledge.runtime.images import load_image
 from tledge.train.data import eval_transform
+from tledge.train.distributed import Dist
+from tledge.train.engine import Algorithm, Run, Trainer
 from tledge.train.model import EmbeddingModel
+from tledge.train.torch_private import learnable_fake_quant
 
 WEIGHT_QMAX = 64      # onnxruntime: QInt8 with reduce_range -> [-64, 64], symmetric
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish)
@@ -103,8 +107,7 @@ class ActivationFakeQuant(nn.Module):
             return x
         if self.scale is not None:
             grad_factor = 1.0 / math.sqrt(x[0].numel() * 255)
-            return torch._fake_quantize_learnable_per_tensor_affine(
-                x, self.scale, self.zero_point, 0, 255, grad_factor)
+            return learnable_fake_quant(x, self.scale, self.zero_point, 0, 255, grad_factor)
         scale, zero = self._minmax_qparams()
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
@@ -135,12 +138,8 @@ def fold_batchnorm(model: EmbeddingModel) -> int:
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    with torch.no_grad():
-        gamma = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.mul_(gamma.reshape(-1, 1, 1, 1))
-        new_bias = (bias - bn.running_mean) * gamma + bn.bias
-    conv.bias = nn.Parameter(new_bias)
+    conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
+                                                  bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
 class _Features(nn.Module):
@@ -261,45 +260,68 @@ def distill_for_int8(model: EmbeddingModel, files: list[Path], cfg: Preprocess,
     ``progress(step, mean cosine of the simulated int8 to fp32 over the last steps)``."""
     if not files:
         raise TledgeError("quantisation-aware distillation needs images")
+    run = Run(None, Dist(), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(options.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = copy.deepcopy(model).to(device).eval()
-    student = copy.deepcopy(model).to(device).eval()
-    fold_batchnorm(student)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    sim, observers = simulate_int8(student, options.float_first, options.float_last)
-    views = _Views(files, cfg, options.seed)
-    calib = views.center(options.calib_images).to(device)
-    groups = [{"params": [p for p in student.parameters()], "lr": options.lr}]
-    _calibrate(sim, observers, calib)
-    for fq in observers:
-        fq.learn()
-    groups.append({"params": [fq.scale for fq in observers], "lr": 10 * options.lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, options.steps) / options.steps)))
+    algo = _Distil(model, files, cfg, options, run.device)
     recent: list[float] = []
-    for step in range(options.steps):
-        x = views.random(options.batch).to(device)
-        with torch.no_grad():
-            target = teacher.embed(x)
-        cos = F.cosine_similarity(sim(x), target, dim=1)
-        loss = (1.0 - cos).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        recent = (recent + [float(cos.detach().mean())])[-10:]
+
+    def on_step(step: int, logs: dict) -> None:
+        recent[:] = (recent + [logs["cosine"]])[-10:]
         if progress:
-            progress(step + 1, float(np.mean(recent)))
-    ranges = [(fq.kind, *fq.range()) for fq in observers]
-    for module in student.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-    for p in student.parameters():
-        p.requires_grad_(False)
-    return student.cpu().eval(), ranges
+            progress(step, float(np.mean(recent)))
+
+    Trainer(algo, run, options.steps).epoch(0, on_step)
+    return algo.result()
+
+
+class _Distil(Algorithm):
+    """The student's simulated int8 embedding against the teacher's fp32 one (1 - cosine)
+    on random crops of unlabelled images; weights and activation step sizes learn."""
+
+    amp = False           # the simulation is exact fp32 arithmetic on the int8 grid
+
+    def __init__(self, model: EmbeddingModel, files: list[Path], cfg: Preprocess,
+                 options: QATOptions, device: torch.device) -> None:
+        self.o, self.device = options, device
+        self.teacher = copy.deepcopy(model).to(device).eval()
+        self.student = copy.deepcopy(model).to(device).eval()
+        fold_batchnorm(self.student)
+        for p in self.student.parameters():
+            p.requires_grad_(True)
+        self.sim, self.observers = simulate_int8(self.student, options.float_first,
+                                                 options.float_last)
+        self.views = _Views(files, cfg, options.seed)
+        self.weights = list(self.student.parameters())
+        _calibrate(self.sim, self.observers, self.views.center(options.calib_images).to(device))
+        for fq in self.observers:
+            fq.learn()
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"sim": self.sim}
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": self.weights, "lr": self.o.lr},
+                {"params": [fq.scale for fq in self.observers], "lr": 10 * self.o.lr}]
+
+    def batches(self, epoch: int, dist: Dist):
+        for _ in range(self.o.steps):
+            yield self.views.random(self.o.batch).to(self.device)
+
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            target = self.teacher.embed(x)
+        cos = F.cosine_similarity(self.sim(x), target, dim=1)
+        return (1.0 - cos).mean(), {"cosine": float(cos.detach().mean())}
+
+    def result(self) -> tuple[EmbeddingModel, list[tuple[str, float, float]]]:
+        """The student with plain (tuned) weights, and the learned activation ranges."""
+        ranges = [(fq.kind, *fq.range()) for fq in self.observers]
+        for module in self.student.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for p in self.student.parameters():
+            p.requires_grad_(False)
+        return self.student.cpu().eval(), ranges
 
 
 def _calibrate(sim: fx.GraphModule, observers: list[ActivationFakeQuant],
@@ -346,16 +368,15 @@ def export_int8(model: EmbeddingModel, info, reference: Path, output: Path, quan
     import tempfile
 
     from tledge.train.export import ExportOptions, export_embedding_model
-    from tledge.train.model import fingerprint
     from tledge.train.quantize import calibration_files, reduce_precision
 
     options = dataclasses.replace(options, float_first=quant.float_first,
                                   float_last=quant.float_last)
     files = calibration_files(quant, options.images)
     student, ranges = distill_for_int8(model, files, info.preprocess, options, progress)
+    # The export stamps the stand-in's own fingerprint from its graph.
     stand_in_info = dataclasses.replace(
-        info, fingerprint=fingerprint(student, info.preprocess),
-        weights=f"{info.weights}; distilled for int8 ({options.steps} steps)")
+        info, weights=f"{info.weights}; distilled for int8 ({options.steps} steps)")
     recipe = {"qat": {"steps": options.steps, "batch": options.batch, "lr": options.lr,
                       "activation_ranges": "learned",
                       "images": len(files), "loss": "1 - cosine to the fp32 embedding"}}

@@ -14,7 +14,6 @@ outputs kept. The gate (``tledge.train.gate``) runs on every reduced export.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -23,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.artifact import ModelInfo
 from tledge.errors import TledgeError
 from tledge.runtime.embedder import Embedder
 from tledge.runtime.images import list_images, load_image
 from tledge.runtime.preprocess import preprocess_batch
 from tledge.train.gate import GateError, GateOptions, gate
+from tledge.train.metadata import write_model
 
 METHODS = ("minmax", "percentile", "entropy")
 PRECISIONS = ("int8", "fp16")
@@ -88,15 +87,15 @@ def reduce_precision(fp32_model: Path, output: Path, options: QuantizeOptions,
             made = _fp16(Path(fp32_model), staged)
         made.update(recipe or {})
         proto = onnx.load(str(staged))
-        info = dataclasses.replace(
+        # The writer stamps a new fingerprint from these weights and this precision: an int8
+        # or fp16 copy gives other vectors than its parent, so it never joins its gallery.
+        info = write_model(proto, dataclasses.replace(
             source.info, precision=options.precision,
-            fingerprint=_weights_digest(proto, source.info, options.precision),
             extra={**source.info.extra, "parent_fingerprint": parent.fingerprint,
-                   "quantization": json.dumps(made)})
-        _set_metadata(proto, info, staged)
+                   "quantization": json.dumps(made)}), staged)
         report = gate(parent, Embedder(staged, providers="cpu"), options.gate)
-        info = dataclasses.replace(info, extra={**info.extra, "gate": json.dumps(report)})
-        _set_metadata(proto, info, staged)
+        write_model(proto, dataclasses.replace(
+            info, extra={**info.extra, "gate": json.dumps(report)}), staged)
         if not report["passed"] and not options.gate.force:
             raise GateError(
                 f"the {options.precision} model failed the accuracy gate: "
@@ -212,20 +211,3 @@ def _fp16(src: Path, out: Path) -> dict:
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     onnx.save(model, str(out))
     return {"format": "float16 weights and compute, float32 input/output"}
-
-
-def _weights_digest(proto, info: ModelInfo, precision: str) -> str:
-    """A new fingerprint: these weights give other vectors than the parent's."""
-    digest = hashlib.sha256(info.fingerprint.encode())
-    for init in sorted(proto.graph.initializer, key=lambda t: t.name):
-        digest.update(init.name.encode() + init.raw_data)
-    digest.update(precision.encode())
-    return digest.hexdigest()
-
-
-def _set_metadata(proto, info: ModelInfo, path: Path) -> None:
-    import onnx
-
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, info.to_metadata())
-    onnx.save(proto, str(path))

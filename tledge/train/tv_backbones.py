@@ -3,17 +3,22 @@
 The weights are torchvision's DEFAULT ones, found in the torch hub cache or downloaded
 when the user allows it. The last Linear layer becomes the classifier; what feeds it is the
 pooled embedding. The whole trunk is one stage, so partial fine-tuning is all or nothing.
+``spec_for`` is a resolver (``registry.register_resolver``): it reads the input size from
+torchvision's weights entry and the embedding size from the network built on the ``meta``
+device (module structure only: no weights allocated or initialised), so asking for a spec
+does not build the network a second time.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch import nn
 
 from tledge.artifact import Preprocess
 from tledge.train import weights as W
-from tledge.train.backbones import Backbone, BackboneSpec
+from tledge.train.registry import Backbone, BackboneSpec
 
 _INTERP = {"InterpolationMode.BILINEAR": "bilinear", "InterpolationMode.BICUBIC": "bicubic",
            "InterpolationMode.NEAREST": "nearest"}
@@ -34,7 +39,8 @@ def spec_for(name: str) -> BackboneSpec | None:
     filename = weights.url.rsplit("/", 1)[-1]
     prefix = filename.rsplit("-", 1)[-1].split(".")[0]
     wspec = W.WeightsSpec(filename, prefix, f"torchvision {name} {weights.name}", url=weights.url)
-    dim = _last_linear(tvm.get_model(name, weights=None))[1].in_features
+    with torch.device("meta"):  # shapes only: nothing allocated, no initialisation run
+        dim = _last_linear(tvm.get_model(name, weights=None))[1].in_features
     meta = weights.meta
     return BackboneSpec(
         name, partial(_build, name), dim, pre, wspec, threshold=0.7,

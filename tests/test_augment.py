@@ -1,0 +1,102 @@
+"""Enrollment augmentation: recorded in the gallery, the same views at enrollment and query."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tledge.errors import GalleryError, TledgeError
+from tledge.runtime import Gallery
+from tledge.runtime.augment import AUGMENTS, CROP_KEEP, pool_views, view_count, views
+from tledge.runtime.images import load_image
+from tledge.runtime.preprocess import preprocess_one
+
+
+def manual_views_embedding(embedder, rgb: np.ndarray, augment: str) -> np.ndarray:
+    """By hand: each view preprocessed and run alone, the unit vectors averaged, normalised."""
+    rows = [embedder.embed_tensor(preprocess_one(v, embedder.info.preprocess)[None])[0]
+            for v in views(rgb, augment)]
+    mean = np.mean(rows, axis=0)
+    return mean / np.linalg.norm(mean)
+
+
+def test_views_are_the_picture_its_corners_and_mirror_images(sample_files):
+    rgb = load_image(sample_files["cup"][0])
+    h, w = rgb.shape[:2]
+    assert [view_count(a) for a in AUGMENTS] == [1, 2, 5, 10]
+    got = views(rgb, "flip+crops")
+    assert len(got) == 10 and np.array_equal(got[0], rgb)
+    assert np.array_equal(got[5], rgb[:, ::-1])  # the mirror of the whole picture
+    hc, wc = round(h * CROP_KEEP), round(w * CROP_KEEP)
+    assert np.array_equal(got[4], rgb[h - hc:, w - wc:])  # bottom-right corner
+    assert np.array_equal(got[9], rgb[h - hc:, w - wc:][:, ::-1])
+    with pytest.raises(TledgeError, match="unknown augmentation"):
+        views(rgb, "rotate")
+
+
+def test_pool_views_averages_each_pictures_views():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(6, 4)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    got = pool_views(v, 3)
+    want = np.stack([v[:3].mean(0), v[3:].mean(0)])
+    np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(TledgeError, match="whole groups"):
+        pool_views(v[:5], 3)
+
+
+@pytest.mark.parametrize("augment", ["flip", "flip+crops"])
+def test_enrollment_and_query_use_identical_views(tmp_path, embedder, sample_files,
+                                                  query_files, augment):
+    shots = sample_files["cup"] + sample_files["watch"]  # more images than one batch of views
+    embedder.batch_size = 4
+    with Gallery.create(tmp_path / "g", embedder, augment=augment,
+                        augment_queries=True) as g:
+        g.enroll("things", shots)
+        labels, stored = g.vectors()
+        assert g.info()["augment"] == augment and g.info()["augment_queries"] is True
+        # stored shots: each the mean of its views, as computed by hand
+        by_hand = np.stack([manual_views_embedding(embedder, load_image(f), augment)
+                            for f in shots])
+        np.testing.assert_allclose(stored, by_hand, atol=1e-5)
+        # a query of the very same picture gets the very same views: the same vector
+        np.testing.assert_allclose(g.embed_queries(shots), stored, atol=1e-6)
+        np.testing.assert_allclose(embedder.embed(shots, augment=augment), stored, atol=1e-6)
+        # query-time augmentation off: the picture alone
+        g.augment_queries = False
+        np.testing.assert_allclose(g.embed_queries(shots[:1]), embedder.embed(shots[:1]),
+                                   atol=1e-6)
+        assert not np.allclose(g.embed_queries(shots[:1]), stored[:1], atol=1e-4)
+    with Gallery.open(tmp_path / "g", embedder) as g:  # the setting is the gallery's
+        assert g.augment == augment and g.augment_queries is False
+
+
+def test_default_gallery_stores_plain_embeddings(tmp_path, embedder, sample_files):
+    with Gallery.create(tmp_path / "g", embedder) as g:
+        g.enroll("cup", sample_files["cup"])
+        assert g.augment == "none" and not g.augment_queries
+        np.testing.assert_allclose(g.vectors()[1], embedder.embed(sample_files["cup"]),
+                                   atol=1e-6)
+        np.testing.assert_allclose(g.embed_queries(sample_files["cup"]), g.vectors()[1],
+                                   atol=1e-6)
+
+
+def test_reembed_changes_the_views_with_every_shot(tmp_path, embedder, sample_files):
+    from tledge.runtime.images import decode_image
+
+    with Gallery.create(tmp_path / "g", embedder) as g:
+        g.enroll("cup", sample_files["cup"])
+        g.reembed(embedder, augment="flip")
+        assert g.augment == "flip"
+        crops = [decode_image(c, "crop") for c in g.crops("cup")]
+        np.testing.assert_allclose(g.vectors()[1], embedder.embed(crops, augment="flip"),
+                                   atol=1e-6)
+        with pytest.raises(GalleryError, match="unknown augmentation"):
+            g.reembed(embedder, augment="mirror")
+        assert g.augment == "flip"
+
+
+def test_unknown_augmentation_is_refused_at_creation(tmp_path, embedder):
+    with pytest.raises(GalleryError, match="unknown augmentation 'spin'"):
+        Gallery.create(tmp_path / "g", embedder, augment="spin")
+    assert not (tmp_path / "g").exists()

@@ -1,0 +1,56 @@
+"""argparse types that range-check numbers at the command line, with a message that says
+what would be right. Each raises ``argparse.ArgumentTypeError`` (a usage error, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An integer in [low, high] (no upper bound when high is None)."""
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {bound}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_range(low: float, high: float | None = None, low_open: bool = False,
+                high_open: bool = False) -> Callable[[str], float]:
+    """A finite float in the interval [low, high] (open ends when asked)."""
+    def parse(text: str) -> float:
+        value = float(_number(text, float))
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            span = f"{left}{low:g}, {high:g}{right}" if high is not None else (
+                f"{'>' if low_open else '>='} {low:g}")
+            raise argparse.ArgumentTypeError(
+                f"{value:g} is out of range: must be {'in ' if high is not None else ''}{span}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_range(1)
+cosine = float_range(-1.0, 1.0)                              # a similarity threshold
+fraction = float_range(0.0, 1.0, low_open=True, high_open=True)   # a split share
+probability = float_range(0.0, 1.0)
+positive_float = float_range(0.0, low_open=True)

@@ -1,0 +1,68 @@
+"""Test-time augmentation: several views of one picture averaged into one embedding.
+
+A gallery records which views its shots were embedded with (its ``augment`` setting), so
+enrollment, re-embedding and, when the gallery asks for it, queries all use the same views;
+an embedding averaged over views is only comparable with embeddings of the same views.
+
+Views are cut from the RGB picture *before* the model's own preprocessing (resize, centre
+crop, normalise), so each view is what the model would see for a slightly different photo.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tledge.artifact import Preprocess
+from tledge.errors import TledgeError
+from tledge.runtime.preprocess import preprocess_one
+
+AUGMENTS = ("none", "flip", "crops", "flip+crops")
+# Each corner crop keeps this share of the picture's width and height: a shift of a tenth of
+# the picture each way, about what two shots of a hand-held object differ by.
+CROP_KEEP = 0.8
+
+
+def check_augment(name: str) -> str:
+    """``name`` if it is one of ``AUGMENTS``, else a one-line error."""
+    if name not in AUGMENTS:
+        raise TledgeError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTS)}")
+    return name
+
+
+def view_count(augment: str) -> int:
+    """Views per picture: 1 (none), 2 (flip), 5 (crops: whole + 4 corners), 10 (both)."""
+    check_augment(augment)
+    return (2 if "flip" in augment else 1) * (5 if "crops" in augment else 1)
+
+
+def views(rgb: np.ndarray, augment: str) -> list[np.ndarray]:
+    """The ``view_count(augment)`` views of an RGB uint8 (H, W, 3) picture, the picture
+    itself first; each view is (h, w, 3) uint8."""
+    check_augment(augment)
+    out = [rgb]
+    if "crops" in augment:
+        height, width = rgb.shape[:2]
+        h, w = max(1, round(height * CROP_KEEP)), max(1, round(width * CROP_KEEP))
+        for top, left in ((0, 0), (0, width - w), (height - h, 0), (height - h, width - w)):
+            out.append(rgb[top:top + h, left:left + w])
+    if "flip" in augment:
+        out += [v[:, ::-1] for v in out]
+    return [np.ascontiguousarray(v) for v in out]
+
+
+def view_tensors(rgb: np.ndarray, augment: str, cfg: Preprocess,
+                 fast: bool = False) -> list[np.ndarray]:
+    """The model's input tensors (3, S, S) for each view of ``rgb``."""
+    return [preprocess_one(v, cfg, fast) for v in views(rgb, augment)]
+
+
+def pool_views(vectors: np.ndarray, n_views: int) -> np.ndarray:
+    """(n * n_views, dim) embeddings, each picture's views consecutive -> (n, dim): the mean
+    of each picture's views, L2-normalised (the mean of unit vectors is shorter than 1)."""
+    if n_views == 1:
+        return vectors
+    if len(vectors) % n_views:
+        raise TledgeError(f"{len(vectors)} embeddings are not whole groups of {n_views} views")
+    mean = vectors.reshape(-1, n_views, vectors.shape[-1]).mean(axis=1)
+    norm = np.linalg.norm(mean, axis=1, keepdims=True)
+    return (mean / np.maximum(norm, 1e-12)).astype(np.float32)
