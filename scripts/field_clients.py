@@ -41,6 +41,7 @@ class FieldRun:
         self.peak_rss_kb = 0
         self.proc: subprocess.Popen | None = None
         self.restarts_requested = 0
+        self.restarting = False   # from a SIGTERM until /health answers 200 again
 
     # -- set-up ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -146,17 +147,26 @@ class FieldRun:
         """SIGTERM the kiosk (like `systemctl restart`); the watcher starts it again."""
         with self.lock:
             self.restarts_requested += 1
+            self.restarting = True
             proc = self.proc
         proc.terminate()
         self.stats["restarts (SIGTERM)"] += 1
 
     def count(self, kind: str, status: int | str) -> None:
+        """Count one answer; answers while the kiosk restarts are counted apart."""
         with self.lock:
-            self.statuses[f"{kind} {status}"] += 1
+            if kind == "GET /health" and status == 200:
+                self.restarting = False
+            where = " (while restarting)" if self.restarting else ""
+            self.statuses[f"{kind}{where} {status}"] += 1
 
     def summary(self) -> dict:
         answered = sum(n for k, n in self.statuses.items() if k.split()[-1].isdigit())
+        running = {k: n for k, n in self.statuses.items() if "restarting" not in k}
         return {"requests": sum(self.statuses.values()), "answered": answered,
+                "running_requests": sum(running.values()),
+                "running_answered": sum(n for k, n in running.items()
+                                        if k.split()[-1].isdigit()),
                 "statuses": dict(sorted(self.statuses.items())), "events": dict(self.events),
                 "crashes": self.stats["crashes"], "peak_rss_mb": self.peak_rss_kb / 1024,
                 "other": {k: v for k, v in self.stats.items() if k != "crashes"},

@@ -87,8 +87,10 @@ def format_report(s: dict) -> str:
     lines = ["", "field test", "----------",
              f"requests tried:        {s['requests']}",
              f"answered with a status: {s['answered']}",
+             f"  while the kiosk ran:  {s['running_answered']} of {s['running_requests']} "
+             "(the rest came while it restarted after a SIGTERM)",
              "answers per status:"]
-    lines += [f"  {k:45} {v}" for k, v in s["statuses"].items()]
+    lines += [f"  {k:62} {v}" for k, v in s["statuses"].items()]
     lines += [f"events on stdout:      {s['events']}",
               f"kiosk crashes:         {s['crashes']}",
               f"frames checked:        {s['frames_checked']} of {s['frames']} frame events",

@@ -1,5 +1,10 @@
-"""argparse types that range-check numbers at the command line, with a message that says
-what would be right. Each raises ``argparse.ArgumentTypeError`` (a usage error, exit 2)."""
+"""argparse pieces shared by every tledge command line (``tledge``, its kiosk and fleet
+commands, ``tledge-gui``): types that range-check numbers with a message that says what
+would be right (each raises ``argparse.ArgumentTypeError``: a usage error, exit 2), and the
+help formatter that shows defaults and examples.
+
+Kept outside ``tledge.cli``: the kiosk, the fleet and the GUI sit below the CLI in the
+import layers, and must not import it."""
 
 from __future__ import annotations
 
@@ -49,8 +54,42 @@ def float_range(low: float, high: float | None = None, low_open: bool = False,
     return parse
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help when it has a default worth showing
+    (not None, False, empty or hidden: those options' help says what happens without
+    them) and the help does not already state it; keeps the epilog's examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "(default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or default in ((), [])):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)"
+        return text
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:  # laid out by hand (the examples): keep it as written
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def examples(*commands: str) -> str:
+    """An epilog listing example command lines."""
+    return "examples:\n" + "\n".join(f"  {c}" for c in commands)
+
+
 positive_int = int_range(1)
 cosine = float_range(-1.0, 1.0)                              # a similarity threshold
 fraction = float_range(0.0, 1.0, low_open=True, high_open=True)   # a split share
 probability = float_range(0.0, 1.0)
 positive_float = float_range(0.0, low_open=True)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with ``HelpFormatter`` by default; the sub-parsers of its
+    ``add_subparsers()`` are of this class too, so every command shows its defaults."""
+
+    def __init__(self, *args, formatter_class: type = HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)

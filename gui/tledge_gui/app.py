@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
-from tledge.cli_types import positive_float
+from tledge.cli_types import ArgumentParser, examples, positive_float
 from tledge.errors import TledgeError
 from tledge_gui.main_window import MainWindow
 from tledge_gui.pin import PIN_ENV, read_pin
@@ -29,22 +29,32 @@ def _roi(text: str) -> tuple[int, int, int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tledge-gui", description="Enroll and recognise objects live.")
+    p = ArgumentParser(prog="tledge-gui", description="Enroll and recognise objects live.",
+                       epilog=examples("tledge-gui -m models/mobilenet_v2.onnx -g my-gallery",
+                                       "tledge-gui --kiosk --pin-file ~/.tledge-pin -s 0"))
     p.add_argument("--model", "-m", help="exported .onnx model (default: the last one used)")
-    p.add_argument("--gallery", "-g", help="gallery folder (created if missing)")
-    p.add_argument("--source", "-s", help="webcam index (0), video file or image folder")
-    p.add_argument("--kiosk", action="store_true", help="full screen, enrollment locked")
+    p.add_argument("--gallery", "-g", help="gallery folder, created if missing (default: "
+                                           "the last one used with this model)")
+    p.add_argument("--source", "-s", help="webcam index, video file or image folder "
+                                          "(default: the last one used, else webcam 0)")
+    p.add_argument("--kiosk", action="store_true",
+                   help="full screen, enrollment locked (without it: a normal window)")
     p.add_argument("--pin-file", type=Path,
                    help=f"kiosk: file (mode 600) whose first line is the PIN that unlocks "
-                        f"enrollment (Ctrl+E); or set ${PIN_ENV}")
+                        f"enrollment (Ctrl+E); or set ${PIN_ENV} (default: no PIN)")
     p.add_argument("--pin", help=argparse.SUPPRESS)  # refused: see PIN_ON_ARGV
-    p.add_argument("--roi", type=_roi, help="region of interest in frame pixels: X,Y,W,H")
-    p.add_argument("--screenshot", type=Path, help="save the window after the first result")
-    p.add_argument("--exit-after", type=positive_float, help="quit after this many seconds")
+    p.add_argument("--roi", type=_roi, help="region of interest in frame pixels: X,Y,W,H "
+                                            "(default: the whole frame)")
+    p.add_argument("--screenshot", type=Path,
+                   help="save the window here after the first result (default: none)")
+    p.add_argument("--exit-after", type=positive_float,
+                   help="quit after this many seconds (default: run until closed)")
     p.add_argument("--hub", metavar="DSN",
                    help="share the gallery with a fleet through this PostgreSQL hub (password "
-                        "from ~/.pgpass, $PGPASSWORD or a service file, never the command line)")
-    p.add_argument("--device-name", help="with --hub: this device's name in `tledge hub status`")
+                        "from ~/.pgpass, $PGPASSWORD or a service file, never the command "
+                        "line; default: a stand-alone gallery)")
+    p.add_argument("--device-name", help="with --hub: this device's name in `tledge hub "
+                                         "status` (default: device-<id>)")
     return p
 
 

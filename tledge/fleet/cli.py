@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from tledge.cli_types import ArgumentParser, examples
 from tledge.errors import TledgeError
 
+EXAMPLE_URL = "postgresql://tledge@hub.local/tledge"
 URL_HELP = ("hub DSN without password, e.g. postgresql://tledge@hub.local/tledge?sslmode=require "
             "(password from ~/.pgpass, PGPASSFILE, PGSERVICE or PGPASSWORD)")
 
@@ -84,48 +86,71 @@ def cmd_sync(args) -> int:
 
 def add_parsers(sub, model_args) -> None:
     """The ``hub`` command group."""
-    p = sub.add_parser("hub", help="the fleet's PostgreSQL hub: schema, status, model rollout")
+    p = sub.add_parser("hub", help="the fleet's PostgreSQL hub: schema, status, model rollout",
+                       description="Manage the PostgreSQL hub a fleet of devices shares; see "
+                                   "`tledge hub ACTION -h` and docs/fleet.md.",
+                       epilog=examples(f"tledge hub init --url {EXAMPLE_URL}",
+                                       f"tledge hub status --url {EXAMPLE_URL}"))
     actions = p.add_subparsers(dest="hub_action", required=True, metavar="ACTION")
-    for name, help_ in (("init", "create the hub schema in an empty database"),
-                        ("upgrade", "apply the hub's pending schema migrations"),
-                        ("status", "devices, their model, lag and last seen"),
-                        ("rollout", "make a model the fleet's target (devices re-embed)"),
-                        ("grant-device", "GRANTs for a limited device role")):
-        a = actions.add_parser(name, help=help_)
-        a.add_argument("--url", required=name != "grant-device", help=URL_HELP)
+    for name, help_, example in (
+            ("init", "create the hub schema in an empty database", ""),
+            ("upgrade", "apply the hub's pending schema migrations", ""),
+            ("status", "devices, their model, lag and last seen", " --json"),
+            ("rollout", "make a model the fleet's target (devices re-embed)",
+             " -m models/new.onnx"),
+            ("grant-device", "GRANTs for a limited device role", " kiosk_device")):
+        a = actions.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".",
+                               epilog=examples(f"tledge hub {name} --url {EXAMPLE_URL}{example}"))
+        a.add_argument("--url", required=name != "grant-device",
+                       help=URL_HELP + ("" if name != "grant-device" else
+                                        "; needed unless --print-only"))
         a.set_defaults(func=cmd_hub)
-    actions.choices["status"].add_argument("--json", action="store_true")
-    actions.choices["rollout"].add_argument("--model", "-m", type=Path, required=True)
+    actions.choices["status"].add_argument(
+        "--json", action="store_true", help="print JSON (without it: a readable table)")
+    actions.choices["rollout"].add_argument("--model", "-m", type=Path, required=True,
+                                            help="the exported .onnx model devices switch to")
     grant = actions.choices["grant-device"]
     grant.add_argument("role", help="an existing PostgreSQL role for one device or all")
     grant.add_argument("--print-only", action="store_true",
-                       help="print the SQL instead of applying it")
+                       help="print the SQL instead of applying it (without it: applied "
+                            "through --url)")
 
 
 def add_sync_parser(gallery_actions, model_args) -> None:
     """``tledge gallery sync`` (added to the root CLI's ``gallery`` actions)."""
-    a = gallery_actions.add_parser("sync", help="keep a gallery in sync with a fleet hub")
-    a.add_argument("--gallery", "-g", type=Path, required=True)
+    a = gallery_actions.add_parser(
+        "sync", help="keep a gallery in sync with a fleet hub",
+        description="Push this gallery's changes to the hub and pull the fleet's, until "
+                    "stopped (or once with --once).",
+        epilog=examples(f"tledge gallery sync -g my-gallery -m models/m.onnx --hub {EXAMPLE_URL}",
+                        f"tledge gallery sync -g my-gallery -m models/m.onnx --hub "
+                        f"{EXAMPLE_URL} --once"))
+    a.add_argument("--gallery", "-g", type=Path, required=True,
+                   help="gallery folder (created when missing)")
     model_args(a)
     a.add_argument("--hub", required=True, help=URL_HELP)
-    a.add_argument("--once", action="store_true", help="one push + pull, then exit")
-    a.add_argument("--name", help="this device's name in `tledge hub status`")
+    a.add_argument("--once", action="store_true",
+                   help="one push + pull, then exit (without it: keep syncing until stopped)")
+    a.add_argument("--name", help="this device's name in `tledge hub status` (default: "
+                                  "device-<id>)")
     a.add_argument("--poll", type=float, default=5.0,
-                   help="seconds between polls when no notification arrives (default 5)")
+                   help="seconds between polls when no notification arrives")
     a.add_argument("--report-every", type=float, default=10.0,
-                   help="print the sync status every N seconds (default 10)")
+                   help="print the sync status every N seconds")
     a.set_defaults(func=cmd_sync)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", type=Path, required=True, help="exported .onnx model")
-    p.add_argument("--providers", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--providers", default="auto", help="ONNX Runtime providers: auto, cpu or "
+                                                       "cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry: ``python -m tledge.fleet.cli hub …`` / ``… gallery sync …``."""
-    parser = argparse.ArgumentParser(prog="tledge")
+    parser = ArgumentParser(prog="tledge")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub, _model_args)
     gallery = sub.add_parser("gallery").add_subparsers(dest="action", required=True)

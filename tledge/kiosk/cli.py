@@ -6,7 +6,14 @@ import argparse
 import re
 from pathlib import Path
 
-from tledge.cli_types import cosine, float_range, int_range, positive_float, positive_int
+from tledge.cli_types import (
+    cosine,
+    examples,
+    float_range,
+    int_range,
+    positive_float,
+    positive_int,
+)
 from tledge.errors import TledgeError
 from tledge.kiosk.http_guard import HttpLimits
 
@@ -60,25 +67,39 @@ def _join_fleet(args):
 
 
 def add_parser(sub, model_args) -> None:
-    p = sub.add_parser("kiosk", help="headless recognition service: JSON-lines events on "
-                       "stdout and a local HTTP API")
+    p = sub.add_parser(
+        "kiosk", help="headless recognition service: JSON-lines events on stdout and a local "
+                      "HTTP API",
+        description="Recognise a camera, video or folder without a screen: a JSON line per "
+                    "debounced event on stdout, and /health, /recognize, /events (and with "
+                    "--allow-enroll, /enroll) over HTTP on this machine.",
+        epilog=examples("tledge kiosk -m models/m.onnx -g my-gallery -s 0",
+                        "tledge kiosk -m models/m.onnx -g my-gallery -s 0 --allow-enroll "
+                        "--token-file ~/.tledge-token"))
     model_args(p)
-    p.add_argument("--gallery", "-g", type=Path, required=True)
+    p.add_argument("--gallery", "-g", type=Path, required=True,
+                   help="gallery folder (with --hub: created when missing)")
     p.add_argument("--source", "-s", required=True,
                    help="webcam index, video file, image folder or image")
     p.add_argument("--stable", type=positive_int, default=5,
-                   help="report a label after it held for N frames in a row (default 5)")
+                   help="report a label after it held for N frames in a row")
     p.add_argument("--threshold", type=cosine,
-                   help="override the gallery's threshold (a cosine in [-1, 1])")
+                   help="override the open-set threshold, a cosine in [-1, 1] (default: "
+                        "the gallery's own)")
     p.add_argument("--smoothing", type=positive_int, default=1,
                    help="average embeddings over N frames")
     p.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
-                   help="recognise only this region of each frame")
-    p.add_argument("--max-frames", type=positive_int, help="stop after N frames (N >= 1)")
-    p.add_argument("--exit-after", type=positive_float, help="stop after N seconds")
-    p.add_argument("--loop", action="store_true", help="restart a video file or folder at its end")
+                   help="recognise only this region of each frame (default: the whole "
+                        "frame)")
+    p.add_argument("--max-frames", type=positive_int, help="stop after N frames, N >= 1 (default: "
+                   "run until stopped)")
+    p.add_argument("--exit-after", type=positive_float, help="stop after N seconds (default: run "
+                   "until stopped)")
+    p.add_argument("--loop", action="store_true", help="restart a video file or folder at its "
+                   "end (without it: stop there)")
     p.add_argument("--every-frame", action="store_true",
-                   help="also emit a 'frame' event for every frame (not debounced)")
+                   help="also emit a 'frame' event for every frame, not debounced (without "
+                        "it: only label changes)")
     p.add_argument("--retry-max", type=positive_float, default=30.0,
                    help="longest wait between camera reconnection attempts, seconds")
     p.add_argument("--stale-after", type=positive_float, default=10.0,
@@ -87,36 +108,40 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--hub", metavar="DSN",
                    help="share the gallery with a fleet through this PostgreSQL hub "
                         "(postgresql://USER@HOST/DB or service=NAME; the password comes from "
-                        "~/.pgpass, $PGPASSWORD or a service file, never the command line)")
-    p.add_argument("--device-name", help="this device's name in `tledge hub status` "
-                   "(default: device-<id>)")
+                        "~/.pgpass, $PGPASSWORD or a service file, never the command line; "
+                        "default: a stand-alone gallery)")
+    p.add_argument("--device-name", help="with --hub: this device's name in `tledge hub "
+                   "status` (default: device-<id>)")
     p.set_defaults(func=cmd_kiosk)
 
 
 def _http_args(p) -> None:
     d = HttpLimits()
     p.add_argument("--host", default="127.0.0.1",
-                   help="HTTP address (default 127.0.0.1: this machine only; any other "
-                        "needs --allow-remote)")
+                   help="HTTP address; 127.0.0.1 is this machine only, any other needs "
+                        "--allow-remote")
     p.add_argument("--port", type=int_range(0, 65535), default=8765,
                    help="HTTP port (0: any free port)")
     p.add_argument("--allow-remote", action="store_true",
-                   help="allow a --host other machines can reach (put a firewall in front)")
+                   help="allow a --host other machines can reach; put a firewall in front "
+                        "(without it: such a --host is refused)")
     p.add_argument("--allowed-host", action="append", default=[], type=host_name,
                    metavar="NAME", help="also serve requests whose Host header is NAME "
                    "(repeatable; 127.0.0.1, localhost and [::1] always are)")
     p.add_argument("--idle-timeout", type=float_range(1.0, 3600.0), default=d.idle_timeout,
                    help="close a connection without a complete request after this many "
-                        f"seconds (default {d.idle_timeout:g})")
+                        "seconds")
     p.add_argument("--max-connections", type=int_range(16, 10000), default=d.max_connections,
-                   help=f"open HTTP connections at most (default {d.max_connections})")
+                   help="open HTTP connections at most")
     p.add_argument("--max-streams", type=int_range(1, 64), default=d.max_subscribers,
-                   help=f"concurrent /events streams at most (default {d.max_subscribers})")
+                   help="concurrent /events streams at most")
     p.add_argument("--enroll-wait", type=float_range(0.0, 600.0), default=d.request_timeout,
                    help="POST /enroll answers 202 with a job id when storing takes longer "
-                        f"than this many seconds (default {d.request_timeout:g})")
-    p.add_argument("--no-http", action="store_true", help="events on stdout only")
+                        "than this many seconds")
+    p.add_argument("--no-http", action="store_true",
+                   help="events on stdout only (without it: the HTTP API is served too)")
     p.add_argument("--allow-enroll", action="store_true",
                    help="accept POST /enroll with the bearer token from --token-file or "
-                        "$TLEDGE_KIOSK_TOKEN")
-    p.add_argument("--token-file", type=Path, help="file holding the enrollment token")
+                        "$TLEDGE_KIOSK_TOKEN (without it: enrollment is refused)")
+    p.add_argument("--token-file", type=Path,
+                   help="file holding the enrollment token (default: $TLEDGE_KIOSK_TOKEN)")

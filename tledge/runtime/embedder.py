@@ -70,10 +70,12 @@ class Embedder:
 
     @property
     def dim(self) -> int:
+        """Length of one embedding vector (e.g. 1280 for MobileNetV2)."""
         return self.info.embedding_dim
 
     @property
     def fingerprint(self) -> str:
+        """The model's verified fingerprint; a gallery is bound to it."""
         return self.info.fingerprint
 
     def _check_io(self) -> None:

@@ -41,6 +41,9 @@ __all__ = ["CACHE_NAME", "DB_NAME", "MAX_LABEL_LEN", "MODES", "EnrollResult", "G
 
 @dataclass(frozen=True)
 class Match:
+    """One search hit: the ``label`` of a stored sample, its cosine ``score`` to the query
+    and the ``sample_id`` it came from."""
+
     label: str
     score: float
     sample_id: int
@@ -135,15 +138,19 @@ class Gallery:
 
     @classmethod
     def open_or_create(cls, path, embedder: Embedder) -> Gallery:
+        """Open the gallery at ``path`` if it exists, else create it for ``embedder``'s model."""
         if (Path(path) / DB_NAME).is_file():
             return cls.open(path, embedder)
         return cls.create(path, embedder)
 
     @property
     def read_only(self) -> bool:
+        """True when opened read-only (or the database is on a read-only mount): queries
+        work, changes raise ``GalleryError``."""
         return self.store.read_only
 
     def close(self) -> None:
+        """Save the index cache if it changed and close the database (also on ``with`` exit)."""
         with self.store.lock:
             try:
                 if self._dirty and self._index is not None and not self.read_only:
@@ -169,10 +176,13 @@ class Gallery:
     # -- settings --------------------------------------------------------------------------
     @property
     def dim(self) -> int:
+        """Embedding length of the model the gallery was made with."""
         return int(self.store.meta()["dim"])
 
     @property
     def threshold(self) -> float:
+        """Open-set cosine threshold: a best score below it is answered "unknown". Setting it
+        (a finite cosine in [-1, 1]) is stored in the gallery at once."""
         return float(self.store.meta()["threshold"])
 
     @threshold.setter
@@ -212,6 +222,8 @@ class Gallery:
             self._advance(self.store.set_meta("augment_queries", str(int(bool(value)))))
 
     def info(self) -> dict:
+        """A JSON-ready summary: path, model fingerprint and metadata, ``dim``, ``threshold``,
+        class and sample counts, generation, index and augmentation settings."""
         meta = self.store.meta()
         classes = self.classes()
         return {"path": str(self.path), "fingerprint": meta["fingerprint"],
@@ -314,6 +326,7 @@ class Gallery:
         raise GalleryError(f"no class named {label!r} in the gallery" + self._hint(label))
 
     def remove(self, label: str) -> None:
+        """Delete the class ``label`` and all its samples in one transaction."""
         label = self._existing(label)
         with self.store.lock:
             change, removed = self.store.remove(label)
@@ -325,6 +338,7 @@ class Gallery:
             raise GalleryError(f"no class named {label!r} in the gallery")
 
     def rename(self, old: str, new: str) -> None:
+        """Rename class ``old`` to ``new`` (a visible, NFC-normalised label)."""
         new = validate_label(new)
         old = self._existing(old)
         with self.store.lock:
@@ -362,9 +376,12 @@ class Gallery:
 
     # -- queries ---------------------------------------------------------------------------
     def labels(self) -> list[str]:
+        """The class labels, sorted."""
         return [c.label for c in self.store.classes()]
 
     def classes(self) -> list[ClassInfo]:
+        """Every class (sorted by label) with its sample count and its created and updated
+        times (seconds since the epoch)."""
         return self.store.classes()
 
     def vectors(self) -> tuple[list[str], np.ndarray]:
@@ -373,6 +390,7 @@ class Gallery:
         return [snap.labels[int(c)] for c in snap.class_ids], snap.vectors
 
     def crops(self, label: str) -> list[bytes]:
+        """The stored enrollment crops of class ``label`` (JPEG bytes), oldest first."""
         return [crop for _, _, crop in self.store.crops(label) if crop is not None]
 
     def _current(self) -> VectorIndex:

@@ -28,6 +28,8 @@ class Recognition:
     latency_ms: float
 
     def to_dict(self) -> dict:
+        """JSON-ready fields: ``label`` (None when unknown), ``known``, ``score``, ``candidate``
+        (the closest class even when unknown) and ``latency_ms``."""
         return {"label": self.label, "known": self.label is not None,
                 "score": round(self.score, 4), "candidate": self.candidate,
                 "latency_ms": round(self.latency_ms, 2)}
@@ -77,7 +79,9 @@ class Recognizer:
         """Recognise one RGB uint8 frame (H, W, 3)."""
         start = time.perf_counter()
         image = crop_roi(check_rgb(image, "frame"), roi)
-        vector = self.embedder.embed([image], fast_resize=self.fast_resize)[0]
+        # The gallery says whether queries get the same views as its shots (augment_queries).
+        views = self.gallery.augment if self.gallery.augment_queries else "none"
+        vector = self.embedder.embed([image], fast_resize=self.fast_resize, augment=views)[0]
         self._recent.append(vector)
         if len(self._recent) > 1:
             vector = l2_normalize(np.mean(self._recent, axis=0))

@@ -20,6 +20,10 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame from a source: its ``index`` in the stream, an RGB ``uint8`` ``image`` of
+    shape (H, W, 3), a ``timestamp`` (seconds, ``time.time()``) and a ``name`` (the image file, or
+    ``<source>#<index>`` for a camera or video)."""
+
     index: int
     image: np.ndarray
     timestamp: float

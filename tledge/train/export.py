@@ -1,8 +1,10 @@
 """Export an embedding model to ONE self-describing ONNX file, then prove it matches PyTorch.
 
-``export_model(output, options)``: path in, path out. The file is written next to its final
-name and moved into place only after ``onnx.checker`` and the parity check pass, so a failed
-export never leaves a half-written or unverified model behind.
+``export_model(output, options)``: path in, path out, fp32 only. The file is written next to
+its final name and moved into place only after ``onnx.checker`` and the parity check pass, so
+a failed export never leaves a half-written or unverified model behind. The whole pipeline
+(fp32 reference, calibration checks, int8/fp16 reduction and the gate) is
+``tledge.train.pipeline.export``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class ExportError(TledgeError):
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """How to export one backbone: its registry name, optional ``weights`` (a file; the
+    backbone's offline pretrained weights by default; ``allow_download`` to fetch them), the
+    parity check (up to ``parity_limit`` images from ``parity_images``, default the shipped
+    samples; below ``min_cosine`` nothing is written), the ONNX ``opset`` and the default
+    open-set ``threshold`` written into the metadata."""
+
     backbone: str = "mobilenet_v2"
     weights: str | None = None
     allow_download: bool = False
@@ -48,7 +56,10 @@ class ExportOptions:
 
 
 @dataclass
-class ExportReport:
+class ParityReport:
+    """One verified fp32 export: where it is, its metadata, and its PyTorch-vs-ONNX parity
+    (cosines over ``parity_images`` images). ``tledge.train.pipeline.export`` builds on it."""
+
     path: Path
     info: ModelInfo
     size_bytes: int
@@ -59,7 +70,7 @@ class ExportReport:
 
 
 def export_model(output: str | os.PathLike,
-                 options: ExportOptions = ExportOptions()) -> ExportReport:
+                 options: ExportOptions = ExportOptions()) -> ParityReport:
     """Build the backbone, export it and verify it; returns the parity report."""
     return export_embedding_model(*pretrained_model(options), Path(output), options)
 
@@ -76,7 +87,7 @@ def pretrained_model(options: ExportOptions) -> tuple[EmbeddingModel, ModelInfo]
 
 
 def export_embedding_model(model: EmbeddingModel, info: ModelInfo, output: Path,
-                           options: ExportOptions) -> ExportReport:
+                           options: ExportOptions) -> ParityReport:
     """Export ``model`` with ``info`` as metadata to ``output``, verified by parity."""
     output = Path(output)
     if output.suffix != ".onnx":
@@ -102,7 +113,7 @@ def export_embedding_model(model: EmbeddingModel, info: ModelInfo, output: Path,
         info = _write_metadata(staged, replace(info, extra=extra))
         os.replace(staged, output)
     log.info("exported %s (%s)", output, info.describe())
-    return ExportReport(output, info, output.stat().st_size, len(paths), min_cos, mean_cos)
+    return ParityReport(output, info, output.stat().st_size, len(paths), min_cos, mean_cos)
 
 
 def _to_onnx(model: EmbeddingModel, info: ModelInfo, path: Path, opset: int) -> None:
@@ -161,7 +172,7 @@ def parity(model: EmbeddingModel, onnx_path: Path, paths: list[Path]) -> tuple[f
 
 def export_checkpoint(run_dir: str | os.PathLike, output: str | os.PathLike,
                       options: ExportOptions = ExportOptions(),
-                      centering: bool = True) -> ExportReport:
+                      centering: bool = True) -> ParityReport:
     """Export a training run's best checkpoint (finetune, adapt, multitask): the embedding
     (CL2N-centred unless ``centering`` is False) plus each of the run's linear heads as a
     named output ``<head>_probs``."""

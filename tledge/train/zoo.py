@@ -1,0 +1,53 @@
+"""Export every registered backbone in fp32 and int8, for ``tledge eval frontier --backbones``.
+
+Each backbone goes through the real export pipeline (parity, post-training int8 or
+int8-aware distillation, the accuracy gate). A gate that refuses an int8 model does not stop
+the sweep: the file is kept (``force``) with its failed report in the metadata, because the
+frontier is where the user sees what it costs; the report is returned with the paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from tledge.train.backbones import get_spec, list_backbones
+from tledge.train.export import ExportOptions
+from tledge.train.gate import GateOptions
+from tledge.train.pipeline import PipelineOptions, export
+from tledge.train.qat import QATOptions
+from tledge.train.quantize import QuantizeOptions
+
+# Built-in backbones that are not worth measuring (random weights, for tests).
+SKIP = ("tiny",)
+
+
+def zoo_backbones() -> list[str]:
+    """Registered backbones that carry pretrained weights, in registry order."""
+    return [n for n in list_backbones() if n not in SKIP and get_spec(n).weights is not None]
+
+
+def export_backbones(out_dir: Path, names: list[str] | None = None,
+                     calib: Path | None = None, gate_images: Path | None = None,
+                     qat_steps: int = 0, reuse: bool = True) -> list[dict]:
+    """``out_dir/<name>.onnx`` (fp32) and ``out_dir/<name>_int8.onnx`` for each backbone;
+    returns one ``{"backbone", "fp32", "int8", "gate"}`` per backbone. ``reuse``: files
+    already there are kept as they are (a re-run measures without re-exporting)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gate = GateOptions(images=gate_images, force=True)
+    quant = QuantizeOptions(calib=calib, gate=gate)
+    made = []
+    for name in names or zoo_backbones():
+        fp32, int8 = out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx"
+        model = ExportOptions(backbone=name)
+        if not (reuse and fp32.is_file()):
+            export(fp32, PipelineOptions(precision="fp32", model=model))
+        report = None
+        if not (reuse and int8.is_file()):
+            options = PipelineOptions(precision="int8", model=model, quantize=quant,
+                                      qat=dataclasses.replace(QATOptions(), steps=qat_steps))
+            report = export(int8, options).gate
+            int8.with_name(int8.stem + ".fp32.onnx").unlink(missing_ok=True)  # = fp32
+        made.append({"backbone": name, "fp32": fp32, "int8": int8, "gate": report})
+    return made
