@@ -189,11 +189,11 @@ def cache_damager(run, deadline: float, seed: int) -> None:
             data = data[:rng.randrange(max(1, len(data)))]
         elif how == "empty":
             data = bytearray()
-        elif how == "flip":
+        elif how == "flip" and data:
             for _ in range(rng.randint(1, 8)):
                 data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-        elif how == "garbage":
-            data = bytearray(rng.randbytes(len(data)))
+        elif how == "garbage" or not data:
+            data = bytearray(rng.randbytes(max(len(data), 4096)))
         if how == "delete":
             cache.unlink(missing_ok=True)
         else:

@@ -117,7 +117,7 @@ class FieldRun:
         self.base = f"127.0.0.1:{self.port}"
         if not attacks.wait_ready(self.base, deadline):
             raise SystemExit(f"the kiosk did not start; see {self.workdir / 'kiosk.log'}")
-        threads = [threading.Thread(target=fn, args=(self, deadline, i), daemon=True)
+        threads = [threading.Thread(target=self._client, args=(fn, deadline, i), daemon=True)
                    for i, fn in enumerate(attacks.CLIENTS)]
         for t in threads:
             t.start()
@@ -142,6 +142,13 @@ class FieldRun:
         for t in threads:
             t.join(timeout=15)
         return self.summary()
+
+    def _client(self, fn, deadline: float, seed: int) -> None:
+        """Run one client; a bug in the test's own client is counted, not hidden."""
+        try:
+            fn(self, deadline, seed)
+        except Exception as exc:  # noqa: BLE001 - reported in the summary
+            self.stats[f"field-test client {fn.__name__} failed: {exc!r}"] += 1
 
     def restart_requested(self) -> None:
         """SIGTERM the kiosk (like `systemctl restart`); the watcher starts it again."""

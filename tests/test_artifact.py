@@ -81,6 +81,11 @@ def test_format_1_metadata_is_refused_as_unverifiable():
     {"mean": (0.5, float("nan"), 0.5)},
     {"std": (0.2, 0.0, 0.2)},
     {"std": (0.2, float("inf"), 0.2)},
+    {"std": (1e-40, 1e-40, 1e-40)},          # issue 12 attack A2: passed "> 0"
+    {"std": (0.2, 9.9e-4, 0.2)},
+    {"std": (0.2, 1001.0, 0.2)},
+    {"mean": (0.5, 1e4, 0.5)},
+    {"mean": (-1000.5, 0.5, 0.5)},
     {"resize_size": 100_000},
     {"crop_size": 4097, "resize_size": 4097},
     {"crop_size": 4},
@@ -130,3 +135,40 @@ def test_preprocess_validation():
         Preprocess(resize_mode="letterbox").validate()
     with pytest.raises(ArtifactError, match="crop_size"):
         Preprocess(crop_size=300, resize_size=256).validate()
+
+
+def test_preprocess_bounds_are_inclusive_and_stated():
+    dataclasses.replace(Preprocess(), std=(1e-3, 1e3, 1.0), mean=(-1e3, 1e3, 0.0)).validate()
+    with pytest.raises(ArtifactError, match="std .* must be between 0.001 and 1000"):
+        dataclasses.replace(Preprocess(), std=(1e-40,) * 3).validate()
+    with pytest.raises(ArtifactError, match="mean .* must be between -1000 and 1000"):
+        dataclasses.replace(Preprocess(), mean=(2e3, 0, 0)).validate()
+
+
+def test_a_tiny_std_stamped_onto_a_real_model_is_refused(tiny_model, tmp_path):
+    """Attack A2: std=(1e-40,)*3 turned every pixel into +-inf and every embedding into NaN.
+    tledge's writer now refuses it; a file stamped by hand (digest and fingerprint right, as
+    an older writer made them) is refused when opened."""
+    import onnx
+
+    from tledge.artifact import graph_digest
+    from tledge.runtime import Embedder
+    from tledge.train.metadata import write_model
+
+    info = Embedder(tiny_model, providers="cpu").info
+    tiny_std = dataclasses.replace(info, preprocess=dataclasses.replace(
+        info.preprocess, std=(1e-40,) * 3))
+    with pytest.raises(ArtifactError, match="std"):
+        write_model(onnx.load(str(tiny_model)), tiny_std, tmp_path / "w.onnx")
+    proto = onnx.load(str(tiny_model))
+    props = {p.key: p.value for p in proto.metadata_props}
+    del proto.metadata_props[:]
+    proto.doc_string = ""
+    digest = graph_digest(proto.SerializeToString())
+    pre = {**json.loads(props["tledge.preprocess"]), "std": [1e-40] * 3}
+    props.update({"tledge.preprocess": json.dumps(pre), "tledge.graph_digest": digest,
+                  "tledge.fingerprint": model_fingerprint(digest, tiny_std)})
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(tmp_path / "hand.onnx"))
+    with pytest.raises(ArtifactError, match=r"std \(1e-40, 1e-40, 1e-40\) is out of range"):
+        Embedder(tmp_path / "hand.onnx", providers="cpu")

@@ -17,7 +17,8 @@ def test_misspelled_name_gets_a_suggestion():
         B.get_spec("efficientnet-lite0")
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2"])
 def test_offline_weights_are_found_and_hash_verified(name):
     spec = B.get_spec(name)
     places = [p for p, _ in W.candidates(spec.weights) if p.is_file()]
@@ -29,6 +30,23 @@ def test_offline_weights_are_found_and_hash_verified(name):
     with torch.no_grad():
         assert model.forward_features(x).shape == (2, spec.dim)
         assert model(x).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("name,size,resize,blocks,sha256", [
+    ("efficientnet_lite1", 240, 272, 21,
+     "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    ("efficientnet_lite2", 260, 292, 21,
+     "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d")])
+def test_larger_lites_load_strictly_with_their_own_preprocessing(name, size, resize, blocks,
+                                                                 sha256):
+    spec = B.get_spec(name)
+    assert (spec.preprocess.crop_size, spec.preprocess.resize_size) == (size, resize)
+    assert spec.preprocess.mean == (0.498, 0.498, 0.498)
+    assert spec.weights.sha256_prefix == sha256  # the whole hash, not a prefix
+    model, _, _ = B.get_backbone(name)  # load_state_dict(strict=True) inside
+    file_keys = set(W.resolve(spec.weights).state_dict)
+    assert len(file_keys) == len(model.state_dict())  # every tensor of the file is used
+    assert len(model.stages) == blocks + 2  # stem, MBConv blocks, head
 
 
 def test_tampered_weights_are_refused(tmp_path):

@@ -7,6 +7,7 @@ import importlib
 import inspect
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,78 @@ def test_public_api_has_docstrings(module_name):
         pytest.importorskip("torch", reason="tledge.train needs PyTorch (the train extra)")
     missing = _undocumented(module_name)
     assert not missing, "no docstring: " + ", ".join(missing)
+
+
+# -- every `tledge ...` command shown in the README and the docs parses -----------------------
+
+def _shown_commands(commands: set[str]) -> list[tuple[str, list[str]]]:
+    """(page, argv after `tledge`) for each command line in a fenced block of the README or
+    docs; lines with placeholders (`...`, `[--option]`, `<x>`) are illustrations and skipped."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    found = []
+    for page in pages:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                argv = _tledge_argv(line, commands)
+                if argv is not None:
+                    found.append((str(page.relative_to(ROOT)), argv))
+    return found
+
+
+def _tledge_argv(line: str, commands: set[str]) -> list[str] | None:
+    """The arguments after the `tledge` executable (or `-m tledge.cli`) on a shell line, when
+    a command of ``commands`` follows it."""
+    if "..." in line or re.search(r"\[-|<\w+>|\|", line):
+        return None
+    try:  # a command substitution stands for one word
+        words = shlex.split(re.sub(r"\$\([^)]*\)", "X", line), comments=True)
+    except ValueError:
+        return None
+    for i, word in enumerate(words[:-1]):
+        is_tledge = word in ("tledge", "tledge-gui") or word.endswith("/tledge")
+        module = word == "-m" and words[i + 1] == "tledge.cli"
+        if module:
+            return words[i + 2:]
+        if is_tledge and (words[i + 1] in commands or word == "tledge-gui"):
+            return (["gui"] if word == "tledge-gui" else []) + words[i + 1:]
+    return None
+
+
+def test_shown_commands_are_found():
+    """The finder: the executable in any form, placeholders skipped."""
+    names = {"gallery", "finetune", "recognize", "hub"}
+    assert _tledge_argv("sudo -u tledge /opt/tledge/venv/bin/tledge gallery list -g G",
+                        names) == ["gallery", "list", "-g", "G"]
+    assert _tledge_argv("tledge gallery backup -g G /b/g-$(date +%F).sqlite", names) == [
+        "gallery", "backup", "-g", "G", "/b/g-X.sqlite"]
+    assert _tledge_argv("torchrun --nproc-per-node 4 -m tledge.cli finetune d -o r",
+                        names) == ["finetune", "d", "-o", "r"]
+    assert _tledge_argv("sudo -u postgres createdb -O tledge tledge", names) is None
+    assert _tledge_argv("tledge recognize ... --json", names) is None
+    assert _tledge_argv("tledge hub status --url URL [--json]", names) is None
+    assert len(_shown_commands(names)) > 20
+
+
+def test_shown_commands_parse(capsys):
+    """Every command the README and the docs show is accepted by the real parser: no option
+    that was renamed or removed survives in the documentation."""
+    pytest.importorskip("onnxruntime")
+    from tledge.cli import build_parser
+
+    parser = build_parser()
+    commands = {"gui", *next(a for a in parser._actions if a.dest == "command").choices}
+    wrong = []
+    for page, argv in _shown_commands(commands):
+        if argv[:1] == ["gui"]:
+            gui = pytest.importorskip("tledge_gui.app", reason="the gui extra")
+            target, args = gui.build_parser(), argv[1:]
+        else:
+            target, args = parser, argv
+        if {"-h", "--help", "--version"} & set(args):
+            continue  # these print and exit by design
+        try:
+            target.parse_args(args)
+        except SystemExit:
+            error = capsys.readouterr().err.strip().splitlines() or ["(no message)"]
+            wrong.append(f"{page}: tledge {shlex.join(argv)}: {error[-1]}")
+    assert not wrong, "\n".join(wrong)

@@ -92,3 +92,66 @@ def test_cuda_provider_runs_when_present(tiny_model, sample_files):
     cpu = Embedder(tiny_model, providers="cpu")
     files = sample_files["cup"]
     assert (gpu.embed(files) * cpu.embed(files)).sum(1).min() > 0.999
+
+
+def _log_model(path, normalized: bool):
+    """A real 3-d embedding model, log(mean colour + 0.5) per channel, stamped by tledge's
+    writer: finite for bright pictures, NaN for dark ones (what an fp16 model overflowing on a
+    crafted image gives)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tledge.artifact import ModelInfo, Preprocess
+    from tledge.train.metadata import write_model
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["images"], ["m"], axes=[2, 3], keepdims=0),
+         helper.make_node("Add", ["m", "half"], ["s"]),
+         helper.make_node("Log", ["s"], ["embedding"])],
+        "log_colour",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", 3])],
+        initializer=[numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    info = ModelInfo(backbone="log_colour", embedding_dim=3, normalized=normalized,
+                     preprocess=Preprocess(crop_size=8, resize_size=8))
+    write_model(model, info, path)
+    return path
+
+
+def test_non_finite_embeddings_are_never_returned(tmp_path):
+    """Issue 12 attack A2: NaN rows went into galleries; now the image is named instead."""
+    import cv2
+
+    from tledge.runtime import Gallery
+    from tledge.runtime.embedder import ModelOutputError
+
+    embedder = Embedder(_log_model(tmp_path / "log.onnx", normalized=False), providers="cpu")
+    white = np.full((16, 16, 3), 255, np.uint8)
+    cv2.imwrite(str(tmp_path / "black.png"), np.zeros((16, 16, 3), np.uint8))
+    assert np.isfinite(embedder.embed([white])).all()
+    with pytest.raises(ModelOutputError, match=r"non-finite output .* for image #1"):
+        embedder.embed([white, np.zeros((16, 16, 3), np.uint8)])
+    with Gallery.create(tmp_path / "g", embedder) as gallery:
+        with pytest.raises(ModelOutputError, match="non-finite output"):
+            gallery.enroll("dark", [tmp_path / "black.png"])
+        assert gallery.labels() == []
+    with pytest.raises(ModelOutputError, match="non-finite"):  # augmented views too
+        embedder.embed([np.zeros((16, 16, 3), np.uint8)], augment="flip")
+    with pytest.raises(ModelOutputError, match="for dark.png"):
+        embedder.embed_tensor(np.full((1, 3, 8, 8), -3, np.float32), names=["dark.png"])
+
+
+def test_a_model_claiming_unit_rows_must_give_them(tmp_path):
+    from tledge.runtime.embedder import ModelOutputError
+
+    embedder = Embedder(_log_model(tmp_path / "log.onnx", normalized=True), providers="cpu")
+    with pytest.raises(ModelOutputError, match="length .* unit length"):
+        embedder.embed([np.full((16, 16, 3), 255, np.uint8)])
+
+
+@pytest.mark.parametrize("threads", [257, 100_000, -1, 2.5, True])
+def test_thread_counts_are_bounded(tiny_model, threads):
+    """Attack C4: 100 000 threads took 8 GB; 10**20 gave a pybind11 message."""
+    with pytest.raises(ArtifactError, match="threads must be a whole number from 1 to 256"):
+        Embedder(tiny_model, providers="cpu", threads=threads)

@@ -168,3 +168,78 @@ def test_wire_reader_answers_or_raises_artifact_error_for_any_bytes(data):
     except ArtifactError:
         return
     assert len(digest) == 64 and all(isinstance(v, str) for v in props.values())
+
+
+def test_a_model_with_external_data_is_refused_even_when_stamped(tiny_model, tmp_path,
+                                                                  monkeypatch):
+    """Issue 12 attack A3: the digest covers an external tensor's reference, not its bytes,
+    and ONNX Runtime reads them relative to the working directory: swapping weights.bin would
+    change the answers under the same fingerprint."""
+    info = Embedder(tiny_model, providers="cpu").info
+    split = tmp_path / "split.onnx"
+    onnx.save_model(onnx.load(str(tiny_model)), str(split), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").stat().st_size > 0
+    stamped = tmp_path / "stamped.onnx"
+    write_model(onnx.load(str(split), load_external_data=False), info, stamped)
+    monkeypatch.chdir(tmp_path)  # where ONNX Runtime would find weights.bin
+    with pytest.raises(ArtifactError, match=r"keeps tensor data outside the file \(external "
+                                            r"data\); export it as one self-contained file"):
+        Embedder(stamped, providers="cpu")
+
+
+def _external(tensor) -> None:
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "w.bin"
+
+
+def _nested_models():
+    """Models whose only external tensor hides in each place a TensorProto can sit."""
+    from onnx import helper
+
+    def model(graph_nodes, inits=(), sparse=()):
+        graph = helper.make_graph(graph_nodes, "g", [], [helper.make_tensor_value_info(
+            "y", onnx.TensorProto.FLOAT, [1])], initializer=list(inits),
+            sparse_initializer=list(sparse))
+        return helper.make_model(graph)
+
+    def const(name="y"):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(
+            np.ones(1, np.float32)))
+
+    out = {}
+    init = numpy_helper.from_array(np.ones(1, np.float32), "w")
+    _external(init)
+    out["initializer"] = model([const()], inits=[init])
+    node = const()
+    _external(node.attribute[0].t)
+    out["node attribute"] = model([node])
+    inner = const()
+    _external(inner.attribute[0].t)
+    sub = helper.make_graph([inner], "then", [], [helper.make_tensor_value_info(
+        "y", onnx.TensorProto.FLOAT, [1])])
+    cond = helper.make_node("If", ["c"], ["y"], then_branch=sub, else_branch=sub)
+    out["subgraph"] = model([cond])
+    values = numpy_helper.from_array(np.ones(1, np.float32), "s")
+    _external(values)
+    indices = numpy_helper.from_array(np.zeros(1, np.int64), "s_idx")
+    out["sparse initializer"] = model([const()], sparse=[
+        helper.make_sparse_tensor(values, indices, [4])])
+    only_location = numpy_helper.from_array(np.ones(1, np.float32), "w")
+    only_location.data_location = onnx.TensorProto.EXTERNAL
+    out["data_location alone"] = model([const()], inits=[only_location])
+    return out
+
+
+@pytest.mark.parametrize("where", list(_nested_models()))
+def test_external_data_is_found_wherever_a_tensor_sits(where):
+    data = _nested_models()[where].SerializeToString()
+    with pytest.raises(ArtifactError, match="outside the file"):
+        read_model(data, source="model m.onnx")
+    graph_digest(data)  # the writer's digest itself still works on such bytes
+
+
+def test_a_self_contained_model_reads_with_the_same_digest(tiny_model):
+    data = tiny_model.read_bytes()
+    assert read_model(data)[0] == graph_digest(data)

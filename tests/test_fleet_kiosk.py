@@ -1,5 +1,5 @@
 """Two real `tledge kiosk --hub` processes: enroll over HTTP on one, the other recognises it
-(the README's "A fleet of kiosks" walk-through, end to end)."""
+(the walk-through in docs/fleet.md, "Set up a fleet", end to end)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -232,6 +233,16 @@ def test_every_failure_is_answered_with_one_line_of_json(kiosk, monkeypatch, cap
     assert status == 507 and "No space left on device" in body["error"]
     assert "\n" not in body["error"] and "Traceback" in caplog.text
 
+    def full_database(*args, **kwargs):  # what the gallery raises when SQLite finds it full
+        from tledge.runtime import gallery_db
+
+        raise gallery_db.translate(service.gallery.store.path,
+                                   sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(service.gallery, "enroll", full_database)
+    status, _, body = request(port, "POST", "/enroll", enroll_body("mug"), AUTH)
+    assert status == 507 and "disk is full" in body["error"]
+
     def out_of_memory():
         raise MemoryError("cannot allocate")
 
@@ -418,8 +429,10 @@ def test_a_full_enrollment_queue_answers_429(kiosk, sample_files):
 _ODD = st.sampled_from(["\ud800", "\udfff", "\u202e", "\u200b", "\u2028", "\x00", "\u0301"])
 _TEXT = st.text(st.one_of(st.characters(), _ODD), max_size=12)
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT
+    | st.just([]) | st.just({}),
+    lambda inner: st.lists(inner, min_size=1, max_size=4)
+    | st.dictionaries(_TEXT, inner, min_size=1, max_size=4),
     max_leaves=12)
 _BODIES = st.one_of(
     _JSON.map(lambda v: json.dumps(v).encode()),

@@ -23,9 +23,12 @@ def imagenet_samples():
     return [root / r["relpath"] for r in rows], np.array([int(r["imagenet_class_index"]) for r in rows])
 
 
-@pytest.mark.parametrize("name,minimum", [("mobilenet_v2", 0.75), ("efficientnet_lite0", 0.75)])
+@pytest.mark.parametrize("name,minimum", [("mobilenet_v2", 0.75), ("efficientnet_lite0", 0.75),
+                                          ("efficientnet_lite1", 0.75),
+                                          ("efficientnet_lite2", 0.75)])
 def test_weights_really_are_the_imagenet_ones(name, minimum):
-    """Top-1 through the pretrained classifier on 50 ImageNet images (measured 84% / 88%)."""
+    """Top-1 through the pretrained classifier on 50 ImageNet images (measured 84% / 88% /
+    82% / 92%)."""
     paths, labels = imagenet_samples()
     model, spec, _ = get_backbone(name)
     with torch.no_grad():
@@ -54,6 +57,16 @@ def test_efficientnet_lite0_exports_with_parity(tmp_path):
     assert report.parity_images == 50 and report.min_cosine >= 0.9999
     e = Embedder(report.path, providers="cpu")
     assert e.info.preprocess.mean == (0.498, 0.498, 0.498)
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_larger_lites_export_with_parity_at_their_own_size(name, size, tmp_path):
+    paths, _ = imagenet_samples()
+    report = export_model(tmp_path / f"{name}.onnx", ExportOptions(
+        backbone=name, parity_images=paths[0].parents[1], parity_limit=50))
+    assert report.parity_images == 50 and report.min_cosine >= 0.9999
+    info = Embedder(report.path, providers="cpu").info
+    assert (info.preprocess.crop_size, info.backbone) == (size, name)
 
 
 def test_failed_parity_writes_no_model(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -96,3 +97,37 @@ def test_cli_quantize_reports_the_gate_and_fails_cleanly(tiny_model, tmp_path, c
     assert main(["quantize", str(tiny_model), "-o", str(bad), "--calib", str(calib),
                  "--float-first", "0", "--float-last", "0"]) == 1
     assert "failed the accuracy gate" in capsys.readouterr().err and not bad.exists()
+
+
+X86_VNNI = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+X86_AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+ARM_DOT = "processor\t: 0\nFeatures\t: fp asimd asimddp crc32\n"
+
+
+def test_fast_int8_dot_is_read_from_cpuinfo():
+    from tledge.runtime.cpu import cpu_flags, fast_int8_dot
+
+    assert fast_int8_dot(cpu_flags(X86_VNNI)) == "avx512_vnni"
+    assert fast_int8_dot(cpu_flags(ARM_DOT)) == "asimddp"
+    assert fast_int8_dot(cpu_flags(X86_AVX2)) is None
+    assert fast_int8_dot({"avx_vnni", "amx_int8"}) == "amx_int8"  # best first
+    assert cpu_flags("no flags here") == set()
+
+
+@pytest.mark.parametrize("fast,expect_reduce", [("avx512_vnni", False), (None, True)])
+def test_auto_weight_range_follows_the_detected_cpu(tiny_model, tmp_path, monkeypatch,
+                                                    fast, expect_reduce):
+    import tledge.train.quantize as Q
+
+    monkeypatch.setattr(Q, "fast_int8_dot", lambda: fast)
+    out = tmp_path / "auto_int8.onnx"
+    options = QuantizeOptions(reduce_range=None, calib_limit=8,
+                              gate=GateOptions(episodes=5, force=True))
+    reduce_precision(tiny_model, out, options)
+    made = json.loads(Embedder(out, providers="cpu").info.extra["quantization"])
+    assert made["reduce_range"] is expect_reduce and made["reduce_range_option"] is None
+    assert made["built_on_fast_int8_dot"] == fast
+    # An explicit choice wins over the detection, and the detection is still recorded.
+    reduce_precision(tiny_model, out, dataclasses.replace(options, reduce_range=True))
+    made = json.loads(Embedder(out, providers="cpu").info.extra["quantization"])
+    assert made["reduce_range"] is True and made["built_on_fast_int8_dot"] == fast

@@ -95,3 +95,29 @@ def test_folder_source_with_a_linked_loop_ends(tmp_path, sample_files):
     (tmp_path / "loop").symlink_to(".")
     with open_source(tmp_path) as src:
         assert [f.name.rsplit("/", 1)[-1] for f in src] == ["0.jpg", "1.jpg"]
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "frames"])
+def test_a_named_pipe_is_refused_instead_of_blocking_forever(tmp_path, name):
+    """Issue 12 attack C5: a FIFO named like a video hung `tledge recognize` at the first read."""
+    import os
+    import threading
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    outcome: list[BaseException | object] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(open_source(str(fifo)))
+        except SourceError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():  # the bug: unblock the reader so the thread can end, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"open_source({fifo}) blocked on a named pipe")
+    assert len(outcome) == 1 and isinstance(outcome[0], SourceError), outcome
+    assert "not a regular file or folder" in str(outcome[0]) and str(fifo) in str(outcome[0])

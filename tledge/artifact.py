@@ -34,6 +34,10 @@ COLOR_ORDERS = ("RGB", "BGR")
 MAX_CROP = 4096
 MAX_RESIZE = 2 * MAX_CROP
 MAX_EMBEDDING_DIM = 65_536
+# Pixels are scaled to [0, 1] before ``(x - mean) / std``: a std outside these bounds (1e-40
+# passes "> 0") turns ordinary pixels into huge or infinite inputs, and NaN embeddings.
+STD_BOUNDS = (1e-3, 1e3)
+MAX_ABS_MEAN = 1e3
 EXPORT_HINT = "export one with `tledge export --backbone mobilenet_v2 --output model.onnx`"
 REEXPORT_HINT = (
     "re-export it with `tledge export` (`--backbone NAME` or `--checkpoint RUN`; fp16/int8 "
@@ -76,8 +80,13 @@ class Preprocess:
             )
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ArtifactError(f"mean {self.mean} / std {self.std} need 3 values each")
-        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
-            raise ArtifactError(f"mean {self.mean} / std {self.std} must be finite, std > 0")
+        low, high = STD_BOUNDS
+        if not all(math.isfinite(v) and low <= v <= high for v in self.std):
+            raise ArtifactError(f"std {self.std} is out of range: each value must be between "
+                                f"{low:g} and {high:g}")
+        if not all(math.isfinite(v) and abs(v) <= MAX_ABS_MEAN for v in self.mean):
+            raise ArtifactError(f"mean {self.mean} is out of range: each value must be between "
+                                f"{-MAX_ABS_MEAN:g} and {MAX_ABS_MEAN:g}")
 
 
 @dataclass(frozen=True)

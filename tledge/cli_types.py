@@ -12,15 +12,25 @@ import argparse
 import math
 from collections.abc import Callable
 
+# Upper bounds: a count nobody means (``--episodes 99999999999999999999``) must be a usage
+# error, not an hour of work, an OverflowError or 100 000 threads.
+MAX_COUNT = 10**6         # episodes, epochs, steps, images, repeats, every Nth frame...
+MAX_THREADS = 256         # ONNX Runtime threads (each costs a stack)
+MAX_SMOOTHING = 1000      # frames averaged by the recognizer
+MAX_STABLE = 10_000       # frames a kiosk label must hold
+MAX_FRAMES = 10**12       # frames a run may process (years of video)
+_SHOWN = 40               # characters of a refused argument echoed back
+
 
 def _number(text: str, kind: type) -> float:
+    shown = repr(text[:_SHOWN] + ("..." if len(text) > _SHOWN else ""))
     try:
         value = kind(text)
-    except ValueError:
+    except ValueError:  # includes ints beyond Python's digit limit
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+            f"{shown} is not {'an integer' if kind is int else 'a number'}") from None
     if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        raise argparse.ArgumentTypeError(f"{shown} is not a finite number")
     return value
 
 
@@ -80,7 +90,11 @@ def examples(*commands: str) -> str:
     return "examples:\n" + "\n".join(f"  {c}" for c in commands)
 
 
-positive_int = int_range(1)
+positive_int = int_range(1, MAX_COUNT)
+threads = int_range(1, MAX_THREADS)
+smoothing = int_range(1, MAX_SMOOTHING)
+stable_frames = int_range(1, MAX_STABLE)
+frame_count = int_range(1, MAX_FRAMES)
 cosine = float_range(-1.0, 1.0)                              # a similarity threshold
 fraction = float_range(0.0, 1.0, low_open=True, high_open=True)   # a split share
 probability = float_range(0.0, 1.0)

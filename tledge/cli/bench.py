@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tledge.cli import common
-from tledge.cli.types import examples, gallery_sizes, positive_int
+from tledge.cli.types import examples, gallery_sizes, positive_int, threads
 from tledge.errors import TledgeError
 
 
@@ -94,7 +94,7 @@ def add_parser(sub, model_args) -> None:
                         "into --workdir)")
     p.add_argument("--workdir", type=Path, default=Path("tledge-demo"),
                    help="where the exported model and scratch galleries go")
-    p.add_argument("--threads", type=positive_int, default=2,
+    p.add_argument("--threads", type=threads, default=2,
                    help="CPU threads for inference and search")
     p.add_argument("--repeats", type=positive_int, default=30, help="timed runs per figure")
     p.add_argument("--sizes", type=gallery_sizes, default="1000,10000,100000",

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tledge import __version__
-from tledge.cli.types import positive_int
+from tledge.cli.types import threads
 
 
 def model_args(p: argparse.ArgumentParser, required: bool = True,
@@ -30,8 +30,8 @@ def model_args(p: argparse.ArgumentParser, required: bool = True,
     p.add_argument("--providers", default="auto",
                    help="ONNX Runtime providers: auto (CUDA when available, else CPU), cpu "
                         "or cuda")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="ONNX Runtime intra-op threads, at least 1 (default: ONNX Runtime's "
+    p.add_argument("--threads", type=threads, default=None,
+                   help="ONNX Runtime intra-op threads, 1 to 256 (default: ONNX Runtime's "
                         "choice, one per physical core)")
 
 

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from tledge.cli.frontier import add_frontier
 from tledge.cli.types import SEED, examples, fraction, positive_int, way_or_all
 from tledge.errors import TledgeError
 
@@ -117,12 +118,13 @@ def _add_classify(kinds, model_args) -> None:
 
 
 KINDS = [_add_fewshot, _add_compare, _add_classify]
+KINDS.append(add_frontier)
 
 
 def add_parser(sub, model_args) -> None:
     p = sub.add_parser(
         "eval", help="evaluate exported models (few-shot, paired comparison, "
-                     "classification heads)",
+                     "classification heads, accuracy-vs-latency frontier)",
         description="Evaluate exported models; see `tledge eval KIND -h`.",
         epilog=examples("tledge eval fewshot split/novel -m models/m.onnx",
                         "tledge eval compare split/novel -m a.onnx -m b.onnx"))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tledge.cli import common
-from tledge.cli.types import cosine, examples, positive_int
+from tledge.cli.types import cosine, examples, frame_count, positive_int, smoothing
 
 
 def cmd_recognize(args: argparse.Namespace) -> int:
@@ -54,9 +54,9 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--mode", choices=("prototype", "nearest"), default="prototype",
                    help="match the closest class mean (prototype) or the closest sample "
                         "(nearest)")
-    p.add_argument("--smoothing", type=positive_int, default=1,
-                   help="average embeddings over N consecutive frames")
-    p.add_argument("--max-frames", type=positive_int,
+    p.add_argument("--smoothing", type=smoothing, default=1,
+                   help="average embeddings over N consecutive frames, 1 to 1000")
+    p.add_argument("--max-frames", type=frame_count,
                    help="stop each source after N frames (default: run to its end)")
     p.add_argument("--every", type=positive_int, default=1,
                    help="use every Nth frame of a video")

@@ -13,11 +13,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from tledge.cli.types import (
+    AT_LEAST_TWO,
     NON_NEGATIVE,
     SEED,
     examples,
     fraction,
-    int_range,
     positive_float,
     positive_int,
     task_weights,
@@ -29,12 +29,12 @@ OPTIONS = {
     "unfreeze": (positive_int, "how many final stages of the backbone train"),
     "epochs": (positive_int, "training epochs"),
     "steps-per-epoch": (positive_int, "optimiser steps per epoch"),
-    "batch": (int_range(2), "images per step, at least 2"),
+    "batch": (AT_LEAST_TWO, "images per step, at least 2"),
     "lr": (positive_float, "learning rate of the new layers"),
     "backbone-lr-mult": (NON_NEGATIVE, "the pretrained stages' learning rate, as a multiple "
                                        "of --lr"),
     "weight-decay": (NON_NEGATIVE, "AdamW weight decay"),
-    "way": (int_range(2), "classes per batch, at least 2"),
+    "way": (AT_LEAST_TWO, "classes per batch, at least 2"),
     "anchor": (NON_NEGATIVE, "weight of 1 - cos(new, pretrained embedding): keeps what "
                              "ImageNet taught while adapting (0: off)"),
     "shot": (positive_int, "images per class in a batch (proto: the support shots)"),

@@ -7,31 +7,39 @@ from __future__ import annotations
 import argparse
 
 from tledge.cli_types import (
+    MAX_COUNT,
     ArgumentParser,
     HelpFormatter,
     cosine,
     examples,
     float_range,
     fraction,
+    frame_count,
     int_range,
     positive_float,
     positive_int,
     probability,
+    smoothing,
+    stable_frames,
+    threads,
 )
 
-__all__ = ["ArgumentParser", "HelpFormatter", "cosine", "examples", "float_range", "fraction",
+__all__ = ["AT_LEAST_TWO", "ArgumentParser", "HelpFormatter", "cosine", "examples",
+           "float_range", "fraction",
            "int_range", "positive_float", "positive_int", "probability", "NON_NEGATIVE",
-           "NON_NEGATIVE_INT", "SEED", "gallery_sizes", "task_weights", "way_or_all"]
+           "NON_NEGATIVE_INT", "SEED", "frame_count", "gallery_sizes", "smoothing",
+           "stable_frames", "task_weights", "threads", "way_or_all"]
 
 SEED = int_range(0, 2**32 - 1)          # numpy's generators take 32-bit unsigned seeds
 NON_NEGATIVE = float_range(0.0)
-NON_NEGATIVE_INT = int_range(0)
+NON_NEGATIVE_INT = int_range(0, MAX_COUNT)
+AT_LEAST_TWO = int_range(2, MAX_COUNT)  # classes per batch or episode, images per step
 MAX_GALLERY_SIZE = 10_000_000   # synthetic vectors held in memory: ~20 GB at 512-d
 
 
 def way_or_all(text: str) -> int | str:
     """``--way``: classes per episode (at least 2), or ``all``."""
-    return "all" if text == "all" else int_range(2)(text)
+    return "all" if text == "all" else AT_LEAST_TWO(text)
 
 
 way_or_all.__name__ = "way"

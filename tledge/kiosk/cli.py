@@ -10,9 +10,11 @@ from tledge.cli_types import (
     cosine,
     examples,
     float_range,
+    frame_count,
     int_range,
     positive_float,
-    positive_int,
+    smoothing,
+    stable_frames,
 )
 from tledge.errors import TledgeError
 from tledge.kiosk.http_guard import HttpLimits
@@ -71,8 +73,8 @@ def add_parser(sub, model_args) -> None:
         "kiosk", help="headless recognition service: JSON-lines events on stdout and a local "
                       "HTTP API",
         description="Recognise a camera, video or folder without a screen: a JSON line per "
-                    "debounced event on stdout, and /health, /recognize, /events (and with "
-                    "--allow-enroll, /enroll) over HTTP on this machine.",
+                    "debounced event on stdout, and /health, /status, /last, /events (and with "
+                    "--allow-enroll, /enroll and /enroll/<id>) over HTTP on this machine.",
         epilog=examples("tledge kiosk -m models/m.onnx -g my-gallery -s 0",
                         "tledge kiosk -m models/m.onnx -g my-gallery -s 0 --allow-enroll "
                         "--token-file ~/.tledge-token"))
@@ -81,17 +83,17 @@ def add_parser(sub, model_args) -> None:
                    help="gallery folder (with --hub: created when missing)")
     p.add_argument("--source", "-s", required=True,
                    help="webcam index, video file, image folder or image")
-    p.add_argument("--stable", type=positive_int, default=5,
+    p.add_argument("--stable", type=stable_frames, default=5,
                    help="report a label after it held for N frames in a row")
     p.add_argument("--threshold", type=cosine,
                    help="override the open-set threshold, a cosine in [-1, 1] (default: "
                         "the gallery's own)")
-    p.add_argument("--smoothing", type=positive_int, default=1,
+    p.add_argument("--smoothing", type=smoothing, default=1,
                    help="average embeddings over N frames")
     p.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
                    help="recognise only this region of each frame (default: the whole "
                         "frame)")
-    p.add_argument("--max-frames", type=positive_int, help="stop after N frames, N >= 1 (default: "
+    p.add_argument("--max-frames", type=frame_count, help="stop after N frames, N >= 1 (default: "
                    "run until stopped)")
     p.add_argument("--exit-after", type=positive_float, help="stop after N seconds (default: run "
                    "until stopped)")

@@ -168,8 +168,9 @@ class EnrollWorker:
             job.finish(200, self.runner(job))
         except RequestError as exc:
             job.finish(exc.status, error=str(exc))
-        except TledgeError as exc:
-            job.finish(422, error=one_line(exc))
+        except TledgeError as exc:  # a bad request, unless the gallery's disk is full
+            full = "disk is full" in str(exc)
+            job.finish(507 if full else 422, error=one_line(exc))
         except OSError as exc:  # a full disk, an I/O error: the server's fault, said in one line
             log.error("enrollment of %r failed", job.label, exc_info=True)
             full = exc.errno == errno.ENOSPC

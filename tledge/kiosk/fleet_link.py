@@ -48,6 +48,21 @@ def sync_summary(sync) -> dict:
     return {k: s.get(k) for k in ("state", "lag", "pending", "last_sync", "last_error")}
 
 
+def wait_for_model(sync, fingerprint: str, timeout: float = 5.0) -> Path | None:
+    """The model file a fleet rollout switched the gallery to (``fingerprint``), waiting
+    briefly for the agent to report it; None without a fleet or when it does not."""
+    if sync is None:
+        return None
+    end = time.monotonic() + timeout
+    while True:
+        s = sync.status()
+        if s.get("model_path") and s.get("fingerprint") == fingerprint:
+            return Path(s["model_path"])
+        if time.monotonic() > end:
+            return None
+        time.sleep(0.05)
+
+
 class RolloutFollower:
     """Called between frames: when the agent switched the gallery to another model, open
     that model and gallery and hand them to the service (recognition pauses for the load)."""

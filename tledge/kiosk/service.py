@@ -22,9 +22,10 @@ from tledge.kiosk.config import KioskConfig
 from tledge.kiosk.debounce import Debouncer
 from tledge.kiosk.enroll import EnrollJob, EnrollWorker
 from tledge.kiosk.enroll_images import LazyImages, screen
-from tledge.kiosk.fleet_link import RolloutFollower, sync_summary
+from tledge.kiosk.fleet_link import RolloutFollower, sync_summary, wait_for_model
 from tledge.kiosk.hub import EventHub
 from tledge.kiosk.notify import sd_notify
+from tledge.runtime.gallery import ModelChangedError
 from tledge.runtime.recognizer import crop_roi
 from tledge.runtime.sources import CameraSource, open_source
 
@@ -207,6 +208,20 @@ class KioskService:
         self.hub.publish({"event": "model_changed", "model": str(path),
                           "fingerprint": embedder.fingerprint, "classes": len(gallery.labels())})
 
+    def _model_changed(self, exc: ModelChangedError) -> None:
+        """The gallery now holds another model's vectors. In a fleet the sync agent has that
+        model: switch to it. Otherwise stop (exit 1) rather than compare old-model frames
+        with new-model samples; the message says which model to start with."""
+        path = wait_for_model(self.sync, exc.fingerprint)
+        if path is not None:
+            self.switch_model(path)
+            return
+        log.error("%s", exc)
+        self.exit_code = 1
+        self.hub.publish({"event": "model_changed", "error": str(exc),
+                          "fingerprint": exc.fingerprint})
+        self.stop("the gallery was re-embedded for another model")
+
     def _lost(self, error: str, retry_in: float) -> None:
         with self._lock:
             self._state["source_lost"] += 1
@@ -225,7 +240,11 @@ class KioskService:
             self._limits_reached()
 
     def _process(self, frame) -> None:
-        result = self.recognizer.recognize(frame.image, self.config.roi)
+        try:
+            result = self.recognizer.recognize(frame.image, self.config.roi)
+        except ModelChangedError as exc:  # re-embedded under us: never answer with the old model
+            self._model_changed(exc)
+            return
         now = time.time()
         with self._lock:
             s = self._state

@@ -12,6 +12,7 @@ import numpy as np
 
 from tledge.artifact import EXPORT_HINT, ModelInfo, read_model, verify_fingerprint
 from tledge.errors import ArtifactError
+from tledge.onnx_wire import ExternalDataError
 from tledge.runtime import providers as prov
 from tledge.runtime.augment import pool_views, view_count, view_tensors
 from tledge.runtime.images import check_rgb, load_image
@@ -22,6 +23,14 @@ log = logging.getLogger(__name__)
 # A single-file ONNX model is one protobuf message, and protobuf cannot parse more than 2 GiB;
 # anything larger is refused before a byte of it is read.
 MAX_MODEL_BYTES = 2 * 1024**3
+MAX_THREADS = 256  # intra-op threads; more only adds memory (each has its own stack)
+# A model that says its rows are unit length must give norms this close to 1 (or exactly 0:
+# a zero row stays zero); fp16 compute rounds each element to ~5e-4, so it gets more room.
+NORM_TOLERANCE = {"fp32": 1e-3, "int8": 1e-3, "fp16": 1e-2}
+
+
+class ModelOutputError(ArtifactError):
+    """The model turned an image into a vector that is not a usable embedding (NaN, inf)."""
 
 
 @dataclass
@@ -49,6 +58,10 @@ class Embedder:
     ) -> None:
         import onnxruntime as ort
 
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or not 0 <= threads <= MAX_THREADS):
+            raise ArtifactError(f"threads must be a whole number from 1 to {MAX_THREADS} "
+                                f"(None or 0 lets ONNX Runtime decide), got {threads!r}")
         self.path = Path(model_path)
         data, self.info = load_verified(self.path)
         wanted, strict = prov.requested(providers)
@@ -122,12 +135,14 @@ class Embedder:
         for start in range(0, len(items), step):
             batch = items[start:start + step]
             rgb = [_as_rgb(x, start + i) for i, x in enumerate(batch)]
+            names = [_name(x, start + i) for i, x in enumerate(batch)]
             if n_views == 1:
                 tensors = preprocess_batch(rgb, self.info.preprocess, fast_resize)
             else:
                 tensors = np.stack([t for im in rgb for t in view_tensors(
                     im, augment, self.info.preprocess, fast_resize)])
-            chunks.append(self._pool(self._run_session(tensors), n_views))
+            views = [n for n in names for _ in range(n_views)]
+            chunks.append(self._pool(self._run_session(tensors, views), n_views))
             if progress:
                 progress(len(batch))
         if not chunks:
@@ -138,9 +153,28 @@ class Embedder:
         heads = {h.name: outs[i + 1] for i, h in enumerate(self.info.heads)}
         return Embedding(outs[0], heads)
 
-    def embed_tensor(self, batch: np.ndarray) -> np.ndarray:
-        """Run already-preprocessed float32 (n, 3, H, W) input; returns (n, dim)."""
-        return self._run_session(batch)[0]
+    def embed_tensor(self, batch: np.ndarray, names: list[str] | None = None) -> np.ndarray:
+        """Run already-preprocessed float32 (n, 3, H, W) input; returns (n, dim).
+        ``names`` (one per row) name the images in a ModelOutputError."""
+        return self._run_session(batch, names)[0]
+
+    def _check_rows(self, outs: list[np.ndarray], names: list[str]) -> None:
+        """Raise ModelOutputError naming the first image whose outputs (one row per name) are
+        not finite, or whose embedding is not unit length when the model says it is: such
+        rows would poison a gallery or every match against it."""
+        finite = np.all([np.isfinite(o).all(axis=-1) for o in outs], axis=0)
+        norms = np.linalg.norm(np.where(np.isfinite(outs[0]), outs[0], 0), axis=-1)
+        tol = NORM_TOLERANCE.get(self.info.precision, 1e-3)
+        unit = ~np.asarray(self.info.normalized) | (np.abs(norms - 1) <= tol) | (norms == 0)
+        bad = np.flatnonzero(~(finite & unit))
+        if bad.size:
+            i = int(bad[0])
+            what = ("non-finite output (NaN or infinity)" if not finite[i] else
+                    f"an embedding of length {norms[i]:.4g} though its metadata says rows are "
+                    "unit length")
+            raise ModelOutputError(f"{self.path}: the model produced {what} for {names[i]}; "
+                                   "it cannot be used for this image, and a model that does "
+                                   "this for ordinary images needs re-exporting")
 
     @staticmethod
     def _pool(outs: list[np.ndarray], n_views: int) -> list[np.ndarray]:
@@ -150,9 +184,13 @@ class Embedder:
         heads = [o.reshape(-1, n_views, o.shape[-1]).mean(axis=1) for o in outs[1:]]
         return [pool_views(outs[0], n_views), *heads]
 
-    def _run_session(self, batch: np.ndarray) -> list[np.ndarray]:
+    def _run_session(self, batch: np.ndarray, names: list[str] | None = None
+                     ) -> list[np.ndarray]:
+        """The session's outputs for ``batch``, checked (``names``: one per row, for errors)
+        and with the embedding rows L2-normalised."""
         outs = self.session.run(self._outputs, {self.info.input_name: batch})
         outs = [np.asarray(o, dtype=np.float32) for o in outs]
+        self._check_rows(outs, names or [f"input row #{i}" for i in range(len(outs[0]))])
         if not self.info.normalized:
             outs[0] = l2_normalize(outs[0])
         return outs
@@ -172,7 +210,9 @@ def load_verified(path: Path) -> tuple[bytes, ModelInfo]:
     if len(data) > MAX_MODEL_BYTES:
         raise ArtifactError(f"{path} is larger than {MAX_MODEL_BYTES // 1024**3} GiB")
     try:
-        digest, props = read_model(data)
+        digest, props = read_model(data, source=f"model {path}")
+    except ExternalDataError:
+        raise
     except ArtifactError as exc:
         raise ArtifactError(f"{path} is not a loadable ONNX model: {exc}") from None
     info = ModelInfo.from_metadata(props, source=str(path))
@@ -202,6 +242,11 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _name(item, index: int) -> str:
+    """How an error names an input: its path, or its position for an array."""
+    return f"image #{index}" if isinstance(item, np.ndarray) else f"image {item}"
 
 
 def _as_rgb(item, index: int) -> np.ndarray:

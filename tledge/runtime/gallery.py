@@ -36,7 +36,17 @@ DB_NAME = "gallery.sqlite"
 CACHE_NAME = "index.npz"
 MODES = ("prototype", "nearest")
 __all__ = ["CACHE_NAME", "DB_NAME", "MAX_LABEL_LEN", "MODES", "EnrollResult", "Gallery",
-           "Match", "validate_label"]
+           "Match", "ModelChangedError", "validate_label"]
+
+
+class ModelChangedError(GalleryError):
+    """The gallery was re-embedded for another model (by another process) while this one
+    held it open; ``fingerprint`` is the gallery's new model fingerprint."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        super().__init__(f"gallery {path} was re-embedded for another model (fingerprint "
+                         f"{fingerprint[:12]}) while open; reopen it with that model")
+        self.fingerprint = fingerprint
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Gallery:
         self._index: VectorIndex | None = None
         self._labels: dict[int, str] = {}
         self._dirty = False
+        self._damaged: dict[int, str] = {}  # samples left out of search (see _rebuild)
         self.mode = "prototype"
 
     # -- opening ---------------------------------------------------------------------------
@@ -119,6 +130,7 @@ class Gallery:
         listing and recognition work, changes raise GalleryError.
         """
         path = Path(path)
+        _check_db_file(path / DB_NAME)
         if not (path / DB_NAME).is_file():
             raise GalleryError(
                 f"no gallery at {path} (missing {DB_NAME}); create one by enrolling: "
@@ -232,7 +244,8 @@ class Gallery:
                 "samples": sum(c.samples for c in classes), "generation": int(meta["generation"]),
                 "approx_from": self.approx_from, "read_only": self.read_only,
                 "augment": meta.get("augment", "none"),
-                "augment_queries": meta.get("augment_queries", "0") == "1"}
+                "augment_queries": meta.get("augment_queries", "0") == "1",
+                "damaged_samples": sorted(self._damaged)}
 
     # -- changes ---------------------------------------------------------------------------
     def enroll(self, label: str, images: Sequence, skip_bad: bool = False,
@@ -283,6 +296,10 @@ class Gallery:
             raise GalleryError(f"expected embeddings of shape (n, {dim}), got {vectors.shape}")
         if not np.isfinite(vectors).all():
             raise GalleryError("embeddings contain NaN or infinite values")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not (norms > 0).all():
+            raise GalleryError("embeddings contain all-zero vectors")
+        vectors = (vectors / norms).astype(np.float32)  # search is cosine over unit vectors
         n = len(vectors)
         crops = list(crops) if crops is not None else [None] * n
         sources = list(sources) if sources is not None else [""] * n
@@ -395,10 +412,15 @@ class Gallery:
 
     def _current(self) -> VectorIndex:
         """The index for the store's current state: in memory, the cache file (verified
-        against the database's content), or rebuilt from the database."""
+        against the database's content), or rebuilt from the database. ModelChangedError
+        if another process re-embedded the gallery for a model other than ours."""
         with self.store.lock:
             if self._index is not None and self._index.state == self.store.state():
                 return self._index
+            fingerprint = self.store.meta()["fingerprint"]
+            if self.embedder is not None and fingerprint != self.embedder.fingerprint:
+                self._index = None
+                raise ModelChangedError(self.path, fingerprint)
             dim, cache = self.dim, self.path / CACHE_NAME
             cached = snap = None
             if cache.is_file():
@@ -407,12 +429,27 @@ class Gallery:
                                     snap.sample_ids, snap.class_ids, dim)
             if cached is None or snap is None:
                 snap = self.store.snapshot(dim, vectors=True)
-                cached = VectorIndex.build(snap.state, snap.sample_ids, snap.class_ids,
-                                           snap.vectors, self.approx_from)
-                self._dirty = True
+                cached = self._rebuild(snap)
             cached.state = snap.state
             self._index, self._labels = cached, snap.labels
             return cached
+
+    def _rebuild(self, snap) -> VectorIndex:
+        """An index over ``snap``'s trustworthy vectors; damaged ones are left out, named
+        once in a warning and listed in ``info()["damaged_samples"]``."""
+        bad = snap.damaged
+        keep = np.array([int(i) not in bad for i in snap.sample_ids], bool)
+        if bad and bad != self._damaged:
+            shown = ", ".join(f"{i} ({why})" for i, why in sorted(bad.items())[:10])
+            log.warning("gallery %s: %d damaged sample embedding(s) left out of search: %s; "
+                        "remove and re-enroll their classes (`tledge gallery remove`) or "
+                        "re-embed the gallery (`tledge gallery reembed`)", self.path,
+                        len(bad), shown)
+        self._damaged = dict(bad)
+        index = VectorIndex.build(snap.state, snap.sample_ids[keep], snap.class_ids[keep],
+                                  snap.vectors[keep], self.approx_from)
+        self._dirty = not bad  # a partial index must not be cached as the database's
+        return index
 
     def embed_queries(self, images: Sequence, fast_resize: bool = False) -> np.ndarray:
         """Query embeddings (n, dim) for paths or RGB arrays: with ``augment_queries`` the
@@ -470,6 +507,18 @@ class Gallery:
 
         close = difflib.get_close_matches(label, self.labels(), n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_db_file(db: Path) -> None:
+    """Clear errors for a database path that is a folder or an empty file."""
+    if db.is_dir():
+        raise GalleryError(f"{db} is a folder, not a gallery database file; move it away or "
+                           f"restore the gallery (`tledge gallery restore --gallery "
+                           f"{db.parent} BACKUP`)")
+    wal = db.with_name(db.name + "-wal")
+    if db.is_file() and db.stat().st_size == 0 and not (wal.is_file() and wal.stat().st_size):
+        raise GalleryError(f"{db} is empty (damaged: 0 bytes); restore it from a backup with "
+                           f"`tledge gallery restore --gallery {db.parent} BACKUP`")
 
 
 def _check_model(path: Path, meta: dict[str, str], embedder: Embedder | None) -> None:

@@ -114,6 +114,7 @@ def load_cache(path: Path, key: CacheKey, sample_ids: np.ndarray, class_ids: np.
     if not path.is_file():
         return None
     try:
+        _check_sizes(path, len(sample_ids), dim)
         arrays = _read(path)
         _check_shapes(arrays, dim)
         _check_binding(arrays, key, sample_ids, class_ids)
@@ -131,6 +132,21 @@ def load_cache(path: Path, key: CacheKey, sample_ids: np.ndarray, class_ids: np.
     return VectorIndex(None, dim, arrays["sample_ids"], arrays["class_ids"], index,
                        arrays["proto_ids"], arrays["sums"],
                        trained_size=int(arrays["trained_size"]))
+
+
+def _check_sizes(path: Path, n: int, dim: int) -> None:
+    """Refuse members larger than ``n`` samples of ``dim`` floats can need, from the zip
+    directory alone: a small file deflating to gigabytes never gets decompressed."""
+    extra = 1 << 20
+    limits = {"index": 2 * n * dim * 4 + n * 64 + extra, "sums": n * dim * 8 + extra,
+              "sample_ids": n * 8 + extra, "class_ids": n * 8 + extra,
+              "proto_ids": n * 8 + extra}
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            limit = limits.get(info.filename.removesuffix(".npy"), extra)
+            if info.file_size > limit:
+                raise ValueError(f"member {info.filename} unpacks to {info.file_size} bytes, "
+                                 f"more than {n} samples need")
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:

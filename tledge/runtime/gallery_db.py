@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import urllib.parse
 import uuid
@@ -29,6 +30,8 @@ STORE_FORMAT = 2
 # most about half a second; larger galleries are checked when SQLite reports damage in use.
 QUICK_CHECK_MAX_BYTES = 64 * 2**20
 BUSY_TIMEOUT_S = 60.0
+# Free space below which a failed open counts as "disk full" (the -shm alone needs 32 KiB).
+DISK_FULL_BYTES = 1 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +61,22 @@ def vector_digest(vector: np.ndarray) -> bytes:
     return hashlib.sha256(np.asarray(vector, "<f4").tobytes()).digest()
 
 
+def vector_problems(ids: np.ndarray, digests: list, vectors: np.ndarray) -> dict[int, str]:
+    """{sample id: what is wrong} for stored embeddings (n, dim) that cannot be trusted: not
+    matching their stored digest (a flipped bit), not finite, or not unit length. One such
+    vector would otherwise win (or poison) every query."""
+    norms = np.linalg.norm(vectors.astype(np.float64), axis=1) if len(vectors) else []
+    bad: dict[int, str] = {}
+    for sid, digest, vec, norm in zip(ids, digests, vectors, norms):
+        if digest is not None and vector_digest(vec) != bytes(digest):
+            bad[int(sid)] = "does not match its digest"
+        elif not np.isfinite(vec).all():
+            bad[int(sid)] = "is not finite"
+        elif abs(norm - 1.0) > 1e-3:
+            bad[int(sid)] = f"has length {norm:.4g}, not 1"
+    return bad
+
+
 def new_gallery_id() -> str:
     return uuid.uuid4().hex
 
@@ -68,6 +87,12 @@ def damaged(path: Path, exc: BaseException | str) -> GalleryError:
     return GalleryError(
         f"gallery database {path} is damaged ({why}); restore it from a backup or recover it "
         f"with `sqlite3 {path} '.recover' | sqlite3 recovered.sqlite`")
+
+
+def uri(path: Path) -> str:
+    """A ``file:`` URI for ``path`` with '%', '#', '?' escaped (else SQLite opens another
+    file than the one named)."""
+    return "file:" + urllib.parse.quote(str(Path(path).resolve()))
 
 
 def read_only_error(path: Path, why: str = "opened read-only") -> GalleryError:
@@ -111,16 +136,41 @@ def _writable(path: Path) -> bool:
 def connect(path: Path, read_only: bool = False) -> tuple[sqlite3.Connection, bool]:
     """(connection, read_only): read-write when allowed, else read-only. Damage found by a
     quick check (small files) raises GalleryError."""
+    db, ro, _ = connect_why(path, read_only)
+    return db, ro
+
+
+def connect_why(path: Path, read_only: bool = False) -> tuple[sqlite3.Connection, bool, str]:
+    """``connect`` plus why it is read-only ("" when writable), for write errors to say."""
     if not read_only and _writable(path):
         try:
-            return _checked(path, _open_rw(path)), False
+            return _checked(path, _open_rw(path)), False, ""
         except sqlite3.Error as exc:
+            if _disk_full(path, exc):
+                # Not even the -shm/-wal can be created: recognition still works from the
+                # main file alone, so a kiosk keeps running instead of restart-looping.
+                log.warning("gallery %s: disk full: opened read-only (%s); free some space "
+                            "on its disk to enroll again", path, exc)
+                return _checked(path, _open_ro(path, immutable=True)), True, "disk full"
             if not _is_read_only(exc):
                 raise translate(path, exc) from exc
             log.info("gallery %s cannot be written (%s); opening it read-only", path, exc)
     elif not read_only:
         log.info("gallery %s is not writable; opening it read-only", path)
-    return _checked(path, _open_ro(path)), True
+    return _checked(path, _open_ro(path)), True, "opened read-only"
+
+
+def _disk_full(path: Path, exc: sqlite3.Error) -> bool:
+    """An open that failed for want of space (SQLite says SQLITE_FULL or, creating the
+    -shm, SQLITE_IOERR) on a disk with (almost) no space left."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if not (name.startswith(("SQLITE_IOERR", "SQLITE_FULL"))
+            or "disk I/O error" in str(exc) or "disk is full" in str(exc)):
+        return False
+    try:
+        return shutil.disk_usage(path.parent).free < DISK_FULL_BYTES
+    except OSError:
+        return False
 
 
 def _open_rw(path: Path) -> sqlite3.Connection:
@@ -137,16 +187,17 @@ def _open_rw(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _open_ro(path: Path) -> sqlite3.Connection:
+def _open_ro(path: Path, immutable: bool = False) -> sqlite3.Connection:
     """``mode=ro`` first; where WAL's shared-memory file cannot be created (a read-only
-    folder) ``immutable=1``, which reads the main file alone."""
+    folder) ``immutable=1``, which reads the main file alone (at once with ``immutable``)."""
     if not path.is_file():
         raise read_only_error(path, "its folder cannot be written, so no gallery can be "
                                     "created there")
-    uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    base = uri(path)
     last: sqlite3.Error | None = None
-    for flags in ("?mode=ro", "?mode=ro&immutable=1"):
-        db = sqlite3.connect(uri + flags, uri=True, timeout=BUSY_TIMEOUT_S,
+    tries = ("?mode=ro&immutable=1",) if immutable else ("?mode=ro", "?mode=ro&immutable=1")
+    for flags in tries:
+        db = sqlite3.connect(base + flags, uri=True, timeout=BUSY_TIMEOUT_S,
                              isolation_level=None, check_same_thread=False)
         try:
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()

@@ -8,6 +8,7 @@ Nothing here touches the database, so it runs outside the gallery's lock.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -76,7 +77,7 @@ def prepare(embedder: Embedder, images: Iterable, known: set[str], skip_bad: boo
         seen.add(digest)
         tensors += view_tensors(rgb, augment, embedder.info.preprocess)
         out.crops.append(encode_jpeg(rgb))
-        out.sources.append(name)
+        out.sources.append(_displayable(name))
         out.digests.append(digest)
         del rgb  # the only full-resolution copy: gone before the next decode
         if len(tensors) >= max(embedder.batch_size, n_views):  # whole pictures per batch
@@ -98,3 +99,9 @@ def _embed(embedder: Embedder, tensors: list[np.ndarray], out: Prepared,
 def _tick(progress: Callable[[int], None] | None, n: int) -> None:
     if progress:
         progress(n)
+
+
+def _displayable(name: str) -> str:
+    """``name`` as valid UTF-8 text: a file name of undecodable bytes (b'caf\\xe9.jpg', held
+    as surrogates) cannot be stored as TEXT, so those bytes become U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")

@@ -58,6 +58,7 @@ class Snapshot:
     content: str
     labels: dict[int, str]
     vectors: np.ndarray | None = field(default=None, repr=False)
+    damaged: dict[int, str] = field(default_factory=dict)  # with vectors: id -> problem
 
 
 class GalleryStore:
@@ -65,7 +66,7 @@ class GalleryStore:
 
     def __init__(self, db_path: Path, read_only: bool = False) -> None:
         self.path = Path(db_path)
-        self.db, self.read_only = gdb.connect(self.path, read_only)
+        self.db, self.read_only, self.read_only_why = gdb.connect_why(self.path, read_only)
         self.lock = threading.RLock()
         self.damage: str | None = None  # set once SQLite reports damage: no more writes
 
@@ -83,7 +84,7 @@ class GalleryStore:
     def check_writable(self) -> None:
         """Raise GalleryError when this gallery must not be changed (read-only, damaged)."""
         if self.read_only:
-            raise gdb.read_only_error(self.path)
+            raise gdb.read_only_error(self.path, self.read_only_why or "opened read-only")
         if self.damage is not None:
             raise gdb.damaged(self.path, self.damage)
 
@@ -297,8 +298,9 @@ class GalleryStore:
                 np.frombuffer(row[3], "<f4"))
             content.update(struct.pack("<qq", row[0], row[1]) + bytes(digest))
         vecs = self._vectors(rows, dim) if vectors else None
+        bad = gdb.vector_problems(ids, [r[2] for r in rows], vecs) if vectors else {}
         return Snapshot(state, meta.get("gallery_id", ""), ids, cls, content.hexdigest(),
-                        labels, vecs)
+                        labels, vecs, bad)
 
     def _vectors(self, rows: list[tuple], dim: int) -> np.ndarray:
         bad = [r[0] for r in rows if len(r[3]) != 4 * dim]

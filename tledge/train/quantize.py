@@ -4,7 +4,10 @@ gate: path in, path out, with a typed options dataclass (like onnxruntime's quan
 int8: ONNX Runtime static QDQ quantisation calibrated on real images through the model's
 own preprocessing; per-channel weights; U8S8 with ``reduce_range`` (7-bit weights) by
 default, because x86 CPUs without VNNI saturate in the fast U8S8 kernels otherwise (measured
-here: mean cosine 0.89 without it, 0.96 with it); the first and last convolutions in float.
+on such a CPU: mean cosine 0.89 without it, 0.96 with it); ``reduce_range=None`` picks full
+8-bit weights where the building CPU has fast 8-bit dot products (VNNI, AMX, ARM dotprod),
+and the metadata records which instruction was found; the first and last convolutions in
+float.
 ``tledge export --precision int8`` first fine-tunes the model for exactly this recipe
 (``tledge.train.qat``) and passes its learned activation ranges here.
 fp16: weights and compute in float16 where the provider has kernels, float32 inputs and
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge.errors import TledgeError
+from tledge.runtime.cpu import fast_int8_dot
 from tledge.runtime.embedder import Embedder
 from tledge.runtime.images import list_images, load_image
 from tledge.runtime.preprocess import preprocess_batch
@@ -41,7 +45,11 @@ class QuantizeOptions:
     method: str = "minmax"
     percentile: float = 99.999
     per_channel: bool = True
-    reduce_range: bool = True         # 7-bit weights: exact on AVX2/AVX-512 without VNNI
+    # 7-bit weights: exact on AVX2/AVX-512 without VNNI. None: full 8-bit weights when this
+    # CPU has fast 8-bit dot products (``tledge.runtime.cpu``), 7-bit otherwise. The default
+    # stays 7-bit: the model may run on another CPU, and int8-aware distillation simulates
+    # the 7-bit grid.
+    reduce_range: bool | None = True
     float_first: int = 1              # convolutions kept in float at the input ...
     float_last: int = 1               # ... and at the output
     keep_float: tuple[str, ...] = ()  # more node names to keep in float
@@ -157,8 +165,10 @@ def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp:
         extra["TensorQuantOverrides"] = activation_overrides(onnx.load(str(prepared)), ranges,
                                                              options.float_first,
                                                              options.float_last)
+    fast = fast_int8_dot()
+    reduce_range = options.reduce_range if options.reduce_range is not None else fast is None
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=options.per_channel, reduce_range=options.reduce_range,
+                    per_channel=options.per_channel, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude, calibrate_method=method, extra_options=extra)
     if ranges:
@@ -169,7 +179,8 @@ def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp:
             raise TledgeError(f"learned ranges for tensors onnxruntime did not quantise: "
                               f"{sorted(missing)[:3]}")
     return {"format": "QDQ U8S8", "per_channel": options.per_channel,
-            "reduce_range": options.reduce_range, "method": options.method,
+            "reduce_range": reduce_range, "reduce_range_option": options.reduce_range,
+            "built_on_fast_int8_dot": fast, "method": options.method,
             "calibration_images": len(files), "float_nodes": exclude}
 
 

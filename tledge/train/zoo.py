@@ -29,13 +29,15 @@ def zoo_backbones() -> list[str]:
 
 def export_backbones(out_dir: Path, names: list[str] | None = None,
                      calib: Path | None = None, gate_images: Path | None = None,
-                     qat_steps: int = 0, reuse: bool = True) -> list[dict]:
+                     qat_steps: int = 0, reuse: bool = True,
+                     gate: GateOptions | None = None) -> list[dict]:
     """``out_dir/<name>.onnx`` (fp32) and ``out_dir/<name>_int8.onnx`` for each backbone;
     returns one ``{"backbone", "fp32", "int8", "gate"}`` per backbone. ``reuse``: files
-    already there are kept as they are (a re-run measures without re-exporting)."""
+    already there are kept as they are (a re-run measures without re-exporting). ``gate``:
+    the int8 gate's options (default: on ``gate_images``, kept even when it fails)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gate = GateOptions(images=gate_images, force=True)
+    gate = gate or GateOptions(images=gate_images, force=True)
     quant = QuantizeOptions(calib=calib, gate=gate)
     made = []
     for name in names or zoo_backbones():
