@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from tledge.cli.types import NON_NEGATIVE_INT, SEED, examples, positive_int
+from tledge.cli_types import threads
 from tledge.errors import TledgeError
 
 
@@ -71,7 +72,7 @@ def add_frontier(kinds, model_args) -> None:
                    help="folder for frontier.json and frontier.png (default: frontier/)")
     a.add_argument("--providers", default="cpu",
                    help="ONNX Runtime providers (default cpu: the latency of a kiosk)")
-    a.add_argument("--threads", type=positive_int, default=2,
+    a.add_argument("--threads", type=threads, default=2,
                    help="intra-op threads for the latency (default 2)")
     a.add_argument("--repeats", type=positive_int, default=100,
                    help="timed calls per model at batch 1 (default 100)")

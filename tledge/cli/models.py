@@ -100,7 +100,8 @@ def quantize_options(args: argparse.Namespace):
 def print_gate(output: Path, precision: str, r: dict) -> None:
     print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, {precision})")
     print(f"gate on {r['images']} images: mean cosine {r['mean_cosine']:.4f}, min "
-          f"{r['min_cosine']:.4f}, nearest-neighbour top-1 agreement {r['top1_agreement']:.1%}"
+          f"{r['min_cosine']:.4f}, {r.get('agreement_mode', 'nearest-sample')} agreement "
+          f"{r['top1_agreement']:.1%}"
           + (f", 5-way 1-shot {r['fewshot_fp32']:.1%} -> {r['fewshot_reduced']:.1%}"
              if "fewshot_change" in r else "")
           + ("" if r["passed"] else "  [FAILED, kept because of --force]"))

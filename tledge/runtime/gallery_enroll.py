@@ -91,7 +91,10 @@ def _embed(embedder: Embedder, tensors: list[np.ndarray], out: Prepared,
            progress: Callable[[int], None] | None, n_views: int = 1) -> None:
     """Embed the pending (3, S, S) tensors (``n_views`` consecutive ones per picture) as one
     batch, one pooled embedding per picture, and clear them."""
-    out.vectors.append(pool_views(embedder.embed_tensor(np.stack(tensors)), n_views))
+    pictures = len(tensors) // n_views
+    names = [name for name in out.sources[-pictures:] for _ in range(n_views)]
+    out.vectors.append(pool_views(embedder.embed_tensor(np.stack(tensors), names=names),
+                                  n_views))
     _tick(progress, len(tensors) // n_views)
     tensors.clear()
 

@@ -49,8 +49,9 @@ class Recognizer:
     def __init__(self, embedder: Embedder, gallery: Gallery, smoothing: int = 1,
                  threshold: float | None = None, fast_resize: bool = True,
                  mode: str | None = None) -> None:
-        if isinstance(smoothing, bool) or not isinstance(smoothing, Integral) or smoothing < 1:
-            raise TledgeError(f"smoothing must be a whole number of frames >= 1, "
+        if isinstance(smoothing, bool) or not isinstance(smoothing, Integral) \
+                or not 1 <= smoothing <= 1000:
+            raise TledgeError(f"smoothing must be a whole number of frames from 1 to 1000, "
                               f"got {smoothing!r}")
         if mode is not None and mode not in MODES:
             raise TledgeError(f"unknown matching mode {mode!r}; choose one of {MODES}")
