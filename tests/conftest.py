@@ -106,3 +106,15 @@ def perturbed_copy(model: Path, out: Path, delta: float = 0.05) -> Path:
 def other_model(tiny_model, tmp_path):
     """The tiny model with other weights, stamped by tledge: another valid fingerprint."""
     return perturbed_copy(tiny_model, tmp_path / "other.onnx")
+
+
+@pytest.fixture(scope="session")
+def classes(tmp_path_factory):
+    """Ten classes of six real images each (the shipped enroll + query shots, linked):
+    enough for 5-way 5-shot episodes with one query."""
+    root = tmp_path_factory.mktemp("classes")
+    for d in sorted(p for p in enroll_dir().iterdir() if p.is_dir()):
+        (root / d.name).mkdir()
+        for f in sorted(d.glob("*.jpg")) + sorted((query_dir() / d.name).glob("*.jpg")):
+            (root / d.name / f"{f.parent.parent.name}-{f.name}").symlink_to(f)
+    return root

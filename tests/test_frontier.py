@@ -11,21 +11,11 @@ from tledge import frontier as fr
 from tledge.evaluate import embed_folder
 from tledge.frontier_report import format_frontier, plot_frontier, write_json
 from tledge.runtime.embedder import Embedder
-from tledge.samples import enroll_dir, query_dir
 
 FAST = fr.FrontierOptions(episodes=6, all_way_episodes=3, query=1, repeats=4,
                           latency_images=2, threads=1)
 
 
-@pytest.fixture(scope="module")
-def classes(tmp_path_factory):
-    """Ten classes of six real images each (the shipped enroll + query shots)."""
-    root = tmp_path_factory.mktemp("classes")
-    for d in sorted(p for p in enroll_dir().iterdir() if p.is_dir()):
-        (root / d.name).mkdir()
-        for f in sorted(d.glob("*.jpg")) + sorted((query_dir() / d.name).glob("*.jpg")):
-            (root / d.name / f"{f.parent.parent.name}-{f.name}").symlink_to(f)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tledge.cli import main
-from tledge.samples import enroll_dir, query_dir
+from tledge.samples import enroll_dir
 
 from .conftest import perturbed_copy
 
@@ -17,15 +17,6 @@ FAST = ["--episodes", "4", "--all-way-episodes", "2", "--query", "1", "--repeats
         "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def classes(tmp_path_factory):
-    """Ten classes of six real images each: enough for 5-way 5-shot with one query."""
-    root = tmp_path_factory.mktemp("classes")
-    for d in sorted(p for p in enroll_dir().iterdir() if p.is_dir()):
-        (root / d.name).mkdir()
-        for f in sorted(d.glob("*.jpg")) + sorted((query_dir() / d.name).glob("*.jpg")):
-            (root / d.name / f"{f.parent.parent.name}-{f.name}").symlink_to(f)
-    return root
 
 
 def test_frontier_writes_table_json_and_plot(tiny_model, classes, tmp_path, capsys):
