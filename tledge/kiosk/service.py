@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 
@@ -110,7 +111,11 @@ class KioskService:
         from tledge.runtime import Embedder, Gallery, Recognizer
 
         c = self.config
-        embedder = Embedder(c.model, providers=c.providers, threads=c.threads)
+        # With --hub the sync agent's model is the same file: share its session (ONNX Runtime
+        # sessions are thread-safe) instead of loading the model twice.
+        shared = getattr(self.sync, "embedder", None)
+        embedder = shared if shared is not None and shared.path == Path(c.model) else \
+            Embedder(c.model, providers=c.providers, threads=c.threads)
         embedder.warmup()
         with Gallery.open(c.gallery, embedder) as gallery:
             self.gallery, self.embedder, self._first_gallery = gallery, embedder, gallery
