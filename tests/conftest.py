@@ -43,6 +43,17 @@ def mobilenet_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def default_model(tmp_path_factory) -> Path:
+    """The default backbone (what `tledge demo` and `tledge export` use), exported once."""
+    from tledge.artifact import DEFAULT_BACKBONE
+    from tledge.train.export import ExportOptions, export_model
+
+    path = tmp_path_factory.mktemp("models") / f"{DEFAULT_BACKBONE}.onnx"
+    export_model(path, ExportOptions(parity_limit=8))
+    return path
+
+
 @pytest.fixture()
 def embedder(tiny_model):
     from tledge.runtime import Embedder

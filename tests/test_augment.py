@@ -110,3 +110,22 @@ def test_live_recognition_follows_the_gallerys_query_views(tmp_path, embedder, s
         gallery.augment_queries = False
         plain = Recognizer(embedder, gallery, fast_resize=False).recognize(image)
         assert plain.score < live.score
+
+
+def test_cli_enroll_creates_an_augmented_gallery_and_keeps_its_views(tiny_model, sample_files,
+                                                                      tmp_path, capsys):
+    from tledge.cli import main
+
+    label, files = next(iter(sample_files.items()))
+    base = ["enroll", "-m", str(tiny_model), "-g", str(tmp_path / "g"), "--label", label]
+    assert main(base + ["--augment", "flip", "--augment-queries", *map(str, files[:2])]) == 0
+    with Gallery.open(tmp_path / "g") as gallery:
+        assert gallery.augment == "flip" and gallery.augment_queries
+    assert main(base + [str(files[2])]) == 0            # no flag: the gallery's own views
+    assert main(base + ["--augment", "none", str(files[2])]) == 1
+    assert "was created with augment 'flip'" in capsys.readouterr().err
+    with Gallery.open(tmp_path / "g") as gallery:
+        assert gallery.vectors()[0].count(label) == 3    # the refused run stored nothing
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--augment-queries", str(files[0])])
+    assert exc.value.code == 2

@@ -129,3 +129,42 @@ def test_paired_difference_and_interval_on_a_constructed_example():
 def test_unknown_metric_is_refused():
     with pytest.raises(Exception, match="unknown metric"):
         fr.FrontierOptions(metric="top-5").plans({f"c{i}": 9 for i in range(6)})
+
+
+def grey_domain(classes, root, keep: int):
+    """Another 'domain': greyscale copies of the first ``keep`` classes, plus a class DATA
+    does not have (ignored by the transfer task)."""
+    import cv2
+
+    for d in sorted(classes.iterdir())[:keep] + [classes / "not-in-data"]:
+        (root / d.name).mkdir(parents=True)
+        src = sorted(d.iterdir()) if d.exists() else sorted(next(classes.iterdir()).iterdir())
+        for f in src[:3]:
+            grey = cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2GRAY)
+            cv2.imwrite(str(root / d.name / f.name), grey)
+    return root
+
+
+def test_transfer_task_equals_class_mean_brute_force(tiny_model, classes, tmp_path):
+    target = grey_domain(classes, tmp_path / "grey", keep=4)
+    name = f"{classes.name}->grey"
+    res = fr.frontier([tiny_model], classes, fr.FrontierOptions(
+        episodes=2, all_way_episodes=1, query=1, repeats=2, latency_images=1, threads=1,
+        metric=name), transfer=[target])
+    emb = Embedder(tiny_model, providers="cpu")
+    source, got = embed_folder(emb, classes), embed_folder(emb, target)
+    shared = sorted(d.name for d in target.iterdir() if d.name != "not-in-data")
+    protos = np.stack([source[c].mean(0) for c in shared])
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    expected = [float(shared[int(np.argmax(protos @ v))] == c) for c in shared for v in got[c]]
+    row = res["models"][0]
+    assert res["transfer"][name] == {"target": str(target), "classes": shared, "queries": 12}
+    np.testing.assert_allclose(row["per_episode"][name], expected)
+    assert row["accuracy"][name]["mean"] == pytest.approx(np.mean(expected))
+    assert row["pareto"] and name in format_frontier(res)
+
+
+def test_transfer_folder_without_shared_classes_is_refused(tiny_model, classes, tmp_path):
+    target = grey_domain(classes, tmp_path / "grey", keep=1)
+    with pytest.raises(Exception, match="shares 1 class folder"):
+        fr.frontier([tiny_model], classes, FAST, transfer=[target])

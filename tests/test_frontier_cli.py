@@ -82,3 +82,11 @@ def test_backbones_shortcut_exports_fp32_and_int8_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny_int8.onnx"]
     (again,) = export_backbones(tmp_path, names=["tiny"])  # re-run: kept, not re-exported
     assert again["gate"] is None and again["int8"].stat().st_mtime == made["int8"].stat().st_mtime
+    # another weight grid asked for: the int8 file is redone on it, the fp32 one kept
+    gate = GateOptions(episodes=5, force=True)
+    (eight,) = export_backbones(tmp_path, names=["tiny"], gate=gate, reduce_range=False)
+    assert eight["gate"] is not None
+    recipe = json.loads(Embedder(eight["int8"], providers="cpu").info.extra["quantization"])
+    assert recipe["reduce_range"] is False
+    (same,) = export_backbones(tmp_path, names=["tiny"], gate=gate, reduce_range=False)
+    assert same["gate"] is None

@@ -97,11 +97,13 @@ def test_one_shot_on_caltech_classes(mobilenet_model, tmp_path):
         assert auroc > 0.8
 
 
-def test_demo_end_to_end(mobilenet_model, tmp_path):
+@pytest.mark.parametrize("model", ["default_model", "mobilenet_model"])
+def test_demo_end_to_end(model, tmp_path, request):
     from tledge.demo import format_report, run_demo
 
     lines = []
-    report = run_demo(tmp_path, model=mobilenet_model, providers="cpu", say=lines.append)
+    report = run_demo(tmp_path, model=request.getfixturevalue(model), providers="cpu",
+                      say=lines.append)
     assert report.classes == 10 and report.shots == 30
     assert report.accuracy(known=True) >= 0.9
     assert report.accuracy(known=False) >= 0.7

@@ -35,10 +35,16 @@ def test_folding_batchnorm_keeps_the_function():
         np.testing.assert_allclose(folded.embed(x).numpy(), model.embed(x).numpy(), atol=2e-5)
 
 
-def test_simulation_matches_onnx_runtime_int8(mobilenet_model, tmp_path):
+@pytest.mark.parametrize("backbone, exported", [("mobilenet_v2", "mobilenet_model"),
+                                                ("efficientnet_lite0", "default_model")])
+def test_simulation_matches_onnx_runtime_int8(backbone, exported, tmp_path, request):
     """Same calibration images for both: the simulated int8 embedding's cosine to fp32 is
-    the one ONNX Runtime's int8 file gives, image by image."""
-    model, info = pretrained_model(ExportOptions(backbone="mobilenet_v2"))
+    the one ONNX Runtime's int8 file gives, image by image. EfficientNet-Lite calls
+    F.relu6 (a function, not a module): the simulation must quantise after it, as
+    onnxruntime does (before the fix it quantised the conv output, 10x coarser)."""
+    mobilenet_model = request.getfixturevalue(exported)
+    assert backbone in mobilenet_model.name
+    model, info = pretrained_model(ExportOptions(backbone=backbone))
     quant = QuantizeOptions(calib_limit=24, gate=GateOptions(episodes=10, force=True))
     calib = load_batch(calibration_files(quant), info.preprocess)
     files = list_images(sample_root())[-40:]
@@ -90,3 +96,51 @@ def test_cli_int8_export_distils_quantises_and_gates_against_the_original(tmp_pa
     ours = np.sum(reference.embed(files) * Embedder(out, providers="cpu").embed(files), axis=1)
     assert gate["mean_cosine"] == pytest.approx(float(ours.mean()), abs=1e-4)
     assert not list(tmp_path.glob(".qat-*")) and not list(tmp_path.glob(".quant-*"))
+
+
+@pytest.mark.parametrize("bits, reduce, qmax", [("8", False, 127), ("7", True, 64)])
+def test_weight_bits_are_the_same_grid_in_the_simulation_and_in_onnxruntime(
+        tmp_path, capsys, bits, reduce, qmax):
+    """--weight-bits forces the recipe (whatever this CPU has); the distillation trains on
+    the grid onnxruntime then quantises to, and the gate's options reach the report."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "tiny_int8.onnx"
+    code = main(["export", "--backbone", "tiny", "-o", str(out), "--precision", "int8",
+                 "--qat-steps", "2", "--qat-batch", "4", "--qat-images", "12", "--force",
+                 "--weight-bits", bits, "--gate-mode", "nearest", "--max-fewshot-drop", "0.2"])
+    assert code == 0
+    info = Embedder(out, providers="cpu").info
+    recipe = json.loads(info.extra["quantization"])
+    assert recipe["reduce_range"] is reduce and recipe["qat"]["weight_qmax"] == qmax
+    gate = json.loads(info.extra["gate"])
+    assert gate["agreement_mode"] == "nearest" and gate["max_fewshot_drop"] == 0.2
+    # the stored int8 weights use the whole grid: some channel reaches +-qmax, none beyond
+    model = onnx.load(str(out))
+    deq = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer
+               if t.name in deq and t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert weights and max(int(abs(w.astype(int)).max()) for w in weights) == qmax
+    capsys.readouterr()
+
+
+def test_ranges_that_cannot_belong_to_an_activation_output_are_refused(mobilenet_model):
+    """A learned range reaching far below zero for a Clip/Relu output means the simulation
+    quantised some other tensor: refused, never handed to onnxruntime."""
+    import onnx
+
+    from tledge.errors import TledgeError
+    from tledge.train.quantize import activation_overrides
+
+    graph = onnx.load(str(mobilenet_model))
+    model, _ = pretrained_model(ExportOptions(backbone="mobilenet_v2"))
+    student = qat.copy.deepcopy(model)
+    qat.fold_batchnorm(student)
+    _, observers = qat.simulate_int8(student)
+    good = [(fq.kind, 0.0, 6.0) if fq.kind == "conv" else (fq.kind, -8.0, 8.0)
+            for fq in observers]
+    assert len(activation_overrides(graph, good, 1, 1)) == len(good)
+    bad = [(k, -20.0, 40.0) if k == "conv" else (k, lo, hi) for k, lo, hi in good]
+    with pytest.raises(TledgeError, match="simulation does not match this graph"):
+        activation_overrides(graph, bad, 1, 1)

@@ -131,3 +131,28 @@ def test_auto_weight_range_follows_the_detected_cpu(tiny_model, tmp_path, monkey
     reduce_precision(tiny_model, out, dataclasses.replace(options, reduce_range=True))
     made = json.loads(Embedder(out, providers="cpu").info.extra["quantization"])
     assert made["reduce_range"] is True and made["built_on_fast_int8_dot"] == fast
+
+
+def test_a_full_8bit_model_warns_on_a_cpu_without_fast_int8(tiny_model, tmp_path, monkeypatch,
+                                                            caplog):
+    """8-bit weights saturate on x86 without VNNI: loading such a model there says so."""
+    import tledge.runtime.cpu as C
+    import tledge.train.quantize as Q
+
+    monkeypatch.setattr(Q, "fast_int8_dot", lambda: "avx512_vnni")
+    eight, seven = tmp_path / "w8.onnx", tmp_path / "w7.onnx"
+    options = QuantizeOptions(reduce_range=None, calib_limit=8,
+                              gate=GateOptions(episodes=5, force=True))
+    reduce_precision(tiny_model, eight, options)
+    reduce_precision(tiny_model, seven, dataclasses.replace(options, reduce_range=True))
+    for fast, path, warns in [(None, eight, True), ("avx_vnni", eight, False),
+                              (None, seven, False), (None, tiny_model, False)]:
+        monkeypatch.setattr(C, "fast_int8_dot", lambda fast=fast: fast)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tledge.runtime.embedder"):
+            Embedder(path, providers="cpu")
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(said) is warns, (path.name, fast, said)
+        if warns:
+            assert "full 8-bit weights (built on avx512_vnni)" in said[0]
+            assert "--weight-bits 7" in said[0]

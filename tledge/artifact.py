@@ -38,7 +38,11 @@ MAX_EMBEDDING_DIM = 65_536
 # passes "> 0") turns ordinary pixels into huge or infinite inputs, and NaN embeddings.
 STD_BOUNDS = (1e-3, 1e3)
 MAX_ABS_MEAN = 1e3
-EXPORT_HINT = "export one with `tledge export --backbone mobilenet_v2 --output model.onnx`"
+# The backbone `tledge export` and `tledge demo` use unless told otherwise, chosen by the
+# frontier on held-out classes (docs/choosing-a-model.md): +7 points of all-way 1-shot over
+# MobileNetV2 for ~1.2x its latency.
+DEFAULT_BACKBONE = "efficientnet_lite0"
+EXPORT_HINT = f"export one with `tledge export --backbone {DEFAULT_BACKBONE} --output model.onnx`"
 REEXPORT_HINT = (
     "re-export it with `tledge export` (`--backbone NAME` or `--checkpoint RUN`; fp16/int8 "
     "copies with `tledge quantize`) and re-embed galleries built with it with "

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tledge.artifact import DEFAULT_BACKBONE
 from tledge.errors import ArtifactError, TledgeError
 from tledge.runtime.batch import enroll_folder
 from tledge.runtime.embedder import Embedder
@@ -69,7 +70,7 @@ def ensure_model(workdir: Path, backbone: str, say: Callable[[str], None]) -> Pa
     return path
 
 
-def run_demo(workdir: Path, backbone: str = "mobilenet_v2", model: Path | None = None,
+def run_demo(workdir: Path, backbone: str = DEFAULT_BACKBONE, model: Path | None = None,
              providers: str = "auto", threads: int | None = None,
              say: Callable[[str], None] = print) -> DemoReport:
     workdir.mkdir(parents=True, exist_ok=True)

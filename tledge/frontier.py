@@ -2,8 +2,11 @@
 
 For every model, in one run: few-shot accuracy (5-way 1-shot, all-way 1-shot, 5-way 5-shot)
 and open-set AUROC, each with a 95% interval and a paired difference to the first model on
-identical episodes; latency p50/p95 at batch 1 with the chosen threads; file size; memory
-(resident-set growth while the model loads and runs once). Torch-free.
+identical episodes; for each ``transfer`` folder (another domain with the same class
+folders, e.g. PACS photo -> sketch), the accuracy of its images against galleries of every
+DATA image of their class (class means in prototype mode), paired per image; latency
+p50/p95 at batch 1 with the chosen threads; file size; memory (resident-set growth while the
+model loads and runs once). Torch-free.
 
 Each image is embedded once per model; episodes then run on those embeddings through real
 galleries (``tledge.evaluate.run_episodes``), exactly as ``tledge eval fewshot`` does.
@@ -13,6 +16,7 @@ slows every model alike (as ``tledge bench`` does).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +28,7 @@ from tledge.errors import TledgeError
 from tledge.evaluate import Episodes, embed_folder, embed_unknown, mean_ci95, run_episodes
 from tledge.runtime.batch import class_folders
 from tledge.runtime.embedder import Embedder
+from tledge.runtime.gallery import Gallery
 from tledge.runtime.images import load_image
 from tledge.runtime.preprocess import preprocess_one
 
@@ -45,11 +50,13 @@ class FrontierOptions:
     mode: str = "prototype"          # the gallery's matching: "prototype" or "nearest"
     metric: str = "all-way 1-shot"   # the accuracy plotted and used for the Pareto set
 
-    def plans(self, per_class: dict[str, int]) -> dict[str, list]:
+    def plans(self, per_class: dict[str, int], transfer_tasks: tuple[str, ...] = ()
+              ) -> dict[str, list]:
         """Seeded episode plans by task name, the same for every model."""
-        if self.metric not in [t[0] for t in TASKS]:
+        names = [t[0] for t in TASKS] + list(transfer_tasks)
+        if self.metric not in names:
             raise TledgeError(f"unknown metric {self.metric!r}; choose one of "
-                              f"{', '.join(t[0] for t in TASKS)}")
+                              f"{', '.join(names)}")
         return {name: Episodes(way, shot, self.query,
                                self.all_way_episodes if way is None else self.episodes,
                                self.seed).plan(per_class)
@@ -180,14 +187,51 @@ def latency_images(folders: dict[str, list[Path]], count: int) -> list[np.ndarra
     return [load_image(f) for f in files[:max(1, count)]]
 
 
+def transfer_name(data: Path, target: Path) -> str:
+    return f"{Path(data).name}->{Path(target).name}"
+
+
+def transfer_classes(data: Path, targets: list[Path]) -> dict[str, list[str]]:
+    """Task name -> the classes DATA and the target folder share (at least two)."""
+    own = set(class_folders(data))
+    tasks = {}
+    for target in targets:
+        shared = sorted(own & set(class_folders(target)))
+        if len(shared) < 2:
+            raise TledgeError(f"{target} shares {len(shared)} class folder(s) with {data}; a "
+                              "transfer folder needs the same <class> folders as DATA")
+        name = transfer_name(data, target)
+        if name in tasks:
+            raise TledgeError(f"two transfer folders are both named {Path(target).name}")
+        tasks[name] = shared
+    return tasks
+
+
+def transfer_accuracy(embedder: Embedder, source: dict[str, np.ndarray],
+                      target: dict[str, np.ndarray], classes: list[str],
+                      mode: str) -> np.ndarray:
+    """1.0/0.0 per target image (classes in order): is its answer its class, from a
+    gallery holding every source image of ``classes``?"""
+    with tempfile.TemporaryDirectory(prefix="tledge-transfer-") as tmp:
+        with Gallery.create(Path(tmp) / "g", embedder) as gallery:
+            for label in classes:
+                gallery.enroll_vectors(label, source[label])
+            got = gallery.classify_batch(np.concatenate([target[c] for c in classes]),
+                                         mode=mode, threshold=-1.0)
+    truth = [c for c in classes for _ in range(len(target[c]))]
+    return np.array([float(g[0] == t) for g, t in zip(got, truth)])
+
+
 def frontier(models: list[Path], data: Path, options: FrontierOptions = FrontierOptions(),
-             unknown: Path | None = None) -> dict:
+             unknown: Path | None = None, transfer: list[Path] | None = None) -> dict:
     """Measure every model (see the module docstring); the first is the paired baseline."""
     if not models:
         raise TledgeError("give at least one model (--model A.onnx --model B.onnx ...)")
     folders = class_folders(data)
     per_class = {c: len(f) for c, f in folders.items()}
-    plans = options.plans(per_class)
+    shared = transfer_classes(data, list(transfer or []))  # refuses two of one name
+    targets = {transfer_name(data, t): Path(t) for t in transfer or []}
+    plans = options.plans(per_class, tuple(shared))
     loaded = load_models(models, options)
     latency = measure_latency(loaded, latency_images(folders, options.latency_images),
                               options.repeats)
@@ -201,9 +245,17 @@ def frontier(models: list[Path], data: Path, options: FrontierOptions = Frontier
             unknowns = [np.concatenate([vectors[c][idx] for c, idx in ep]) for ep in
                         open_set_plan(plans[OPEN_SET_TASK], per_class, options.query,
                                       options.seed)]
-        per_episode.append(measure_accuracy(item.embedder, vectors, plans, unknowns,
-                                            options.mode))
-    return assemble(loaded, latency, per_episode, plans, options, data, unknown)
+        measured = measure_accuracy(item.embedder, vectors, plans, unknowns, options.mode)
+        for name, classes in shared.items():
+            target = embed_folder(item.embedder, targets[name])
+            measured[name] = transfer_accuracy(item.embedder, vectors, target, classes,
+                                               options.mode)
+        per_episode.append(measured)
+    result = assemble(loaded, latency, per_episode, plans, options, data, unknown)
+    result["transfer"] = {name: {"target": str(targets[name]), "classes": classes,
+                                 "queries": len(per_episode[0][name])}
+                          for name, classes in shared.items()}
+    return result
 
 
 def assemble(loaded: list[Loaded], latency: list[dict], per_episode: list[dict], plans: dict,
@@ -216,7 +268,7 @@ def assemble(loaded: list[Loaded], latency: list[dict], per_episode: list[dict],
             "model": str(item.path), "name": item.path.name, "backbone": info.backbone,
             "precision": info.precision, "fingerprint": info.fingerprint,
             "input_size": info.preprocess.crop_size, "embedding_dim": info.embedding_dim,
-            "accuracy": {k: summarise(v) for k, v in eps.items() if k != "auroc"},
+            "accuracy": {k: summarise(v) for k, v in eps.items() if k != "auroc"},  # + transfer
             "auroc": summarise(eps.get("auroc", [])),
             "vs_first": {k: paired(per_episode[0][k], v) for k, v in eps.items()},
             "latency_ms": lat, "file_mb": round(item.file_mb, 2),

@@ -23,11 +23,15 @@ def _diff(stat: dict) -> str:
 
 def format_frontier(result: dict) -> str:
     """Two Markdown tables: the measurements, then paired differences to the first model."""
-    opts, tasks = result["options"], [t[0] for t in TASKS]
+    opts = result["options"]
+    tasks = [t[0] for t in TASKS] + list(result.get("transfer", {}))
     head = " | ".join(f"{t} (%)" for t in tasks)
     lines = [f"{result['data']}: " + ", ".join(
                  f"{k} {v['way']}-way × {v['episodes']} episodes" for k, v in
                  result["tasks"].items())
+             + "".join(f"; {k}: {v['queries']} images of {len(v['classes'])} classes against "
+                       "galleries of every DATA image" for k, v in result.get("transfer",
+                                                                              {}).items())
              + f"; {opts['query']} queries per class; latency at batch 1, {opts['threads']} "
                f"threads, {opts['repeats']} calls; Pareto on {opts['metric']} vs p50",
              "", f"| model | precision | input | {head} | open-set AUROC | p50 ms | p95 ms | "

@@ -7,6 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from tledge.artifact import DEFAULT_BACKBONE
 from tledge.cli.types import examples
 
 
@@ -34,11 +35,13 @@ def add_parser(sub, model_args) -> None:
         "demo", help="run the end-to-end demo on the shipped sample images",
         description="Export a backbone (unless --model), enroll the sample classes, recognise "
                     "the held-out sample photos and print what happened.",
-        epilog=examples("tledge demo", "tledge demo --model models/mobilenet_v2.onnx"))
+        epilog=examples("tledge demo", "tledge demo --backbone mobilenet_v2",
+                        "tledge demo --model models/efficientnet_lite0.onnx"))
     p.add_argument("--workdir", type=Path, default=Path("tledge-demo"),
                    help="where the model and the demo gallery are written")
-    p.add_argument("--backbone", default="mobilenet_v2",
-                   help="backbone to export when no --model is given")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"backbone to export when no --model is given (default: "
+                        f"{DEFAULT_BACKBONE})")
     model_args(p, required=False, default_help="default: export --backbone into --workdir")
     # `tledge gui ...` never reaches this parser (main hands it to the app); it is listed so
     # that `tledge --help` shows it.

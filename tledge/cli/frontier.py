@@ -24,7 +24,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
                               query=args.query, seed=args.seed, threads=args.threads,
                               repeats=args.repeats, providers=args.providers, mode=args.mode,
                               metric=args.metric)
-    result = frontier(models, args.data, options, args.unknown)
+    result = frontier(models, args.data, options, args.unknown, args.transfer)
     print(format_frontier(result))
     out = Path(args.output)
     print(f"\nwrote {write_json(result, out / 'frontier.json')}")
@@ -39,13 +39,15 @@ def _exported_backbones(args: argparse.Namespace) -> list[Path]:
     """Every registered backbone exported in fp32 and int8 into OUTPUT/models (the training
     side: needs torch)."""
     try:
+        from tledge.cli.models import WEIGHT_BITS
         from tledge.train.zoo import export_backbones
     except ImportError as exc:
         raise TledgeError("--backbones exports models and needs the training side: "
                           "pip install \"tledge[train]\"") from exc
     made = export_backbones(Path(args.output) / "models", calib=args.calib or args.data,
                             gate_images=args.gate_images or args.data,
-                            qat_steps=args.qat_steps)
+                            qat_steps=args.qat_steps,
+                            reduce_range=WEIGHT_BITS[args.weight_bits])
     for m in made:
         if m["gate"] is not None and not m["gate"]["passed"]:
             print(f"note: {m['int8'].name} failed its int8 gate "
@@ -61,7 +63,9 @@ def add_frontier(kinds, model_args) -> None:
         "a table, OUTPUT/frontier.json and OUTPUT/frontier.png (the Pareto set marked).",
         epilog=examples(
             "tledge eval frontier split/novel -m mobilenet_v2.onnx -m efficientnet_lite0.onnx",
-            "tledge eval frontier split/novel --backbones --calib split/base -o frontier/"))
+            "tledge eval frontier split/novel --backbones --calib split/base -o frontier/",
+            "tledge eval frontier pacs/photo --transfer pacs/sketch --transfer pacs/cartoon "
+            "-m a.onnx -m b.onnx --metric photo->sketch"))
     a.add_argument("data", type=Path, help="labelled images: DATA/<class>/*.jpg")
     a.add_argument("--model", "-m", type=Path, action="append",
                    help="exported model (repeat; the first is the paired baseline)")
@@ -85,8 +89,14 @@ def add_frontier(kinds, model_args) -> None:
     a.add_argument("--mode", choices=("prototype", "nearest"), default="prototype",
                    help="the gallery's matching (default prototype)")
     a.add_argument("--metric", default="all-way 1-shot",
-                   choices=("5-way 1-shot", "all-way 1-shot", "5-way 5-shot"),
-                   help="the accuracy plotted and used for the Pareto set")
+                   help="the accuracy plotted and used for the Pareto set: 5-way 1-shot, "
+                        "all-way 1-shot (default), 5-way 5-shot or a transfer task "
+                        "(DATA->TARGET, by folder names)")
+    a.add_argument("--transfer", type=Path, action="append",
+                   help="another domain with DATA's class folders (repeat): each of its "
+                        "images is matched against galleries of every DATA image of its "
+                        "class (class means in prototype mode), e.g. DATA=pacs/photo "
+                        "--transfer pacs/sketch")
     a.add_argument("--unknown", type=Path,
                    help="images of no class for the AUROC (default: images of classes "
                         "outside each episode)")
@@ -98,4 +108,16 @@ def add_frontier(kinds, model_args) -> None:
     a.add_argument("--qat-steps", type=NON_NEGATIVE_INT, default=0,
                    help="--backbones: int8-aware distillation steps (default 0: post-training "
                         "int8; 200 takes ~8 min per backbone on 2 CPU cores)")
-    a.set_defaults(func=cmd_frontier)
+    a.add_argument("--weight-bits", choices=("7", "8", "auto"), default="7",
+                   help="--backbones: int8 weight bits, as `tledge export --weight-bits` "
+                        "(default 7)")
+    a.set_defaults(func=cmd_frontier, check=_check_metric)
+
+
+def _check_metric(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--metric names a task of this run: a usage error before anything is measured."""
+    from tledge.frontier import TASKS, transfer_name
+
+    names = [t[0] for t in TASKS] + [transfer_name(args.data, t) for t in args.transfer or []]
+    if args.metric not in names:
+        parser.error(f"--metric {args.metric!r}: choose one of {', '.join(names)}")

@@ -9,6 +9,7 @@ instructions accumulate in 32 bits: full 8-bit weights are exact and faster.
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 
@@ -42,3 +43,24 @@ def fast_int8_dot(flags: set[str] | None = None) -> str | None:
         if not flags and platform.system() == "Darwin" and platform.machine() == "arm64":
             return "asimddp"
     return next((f for f in FAST_INT8_FLAGS if f in flags), None)
+
+
+def int8_weight_warning(extra: dict, provider: str, fast: str | None = None) -> str | None:
+    """A warning when an int8 model built with full 8-bit weights (``--weight-bits 8`` or
+    ``auto`` on a VNNI machine) runs on the CPU provider of a CPU without fast 8-bit dot
+    products, where those weights saturate; None otherwise. ``extra``: the model's metadata
+    ``extra``; ``fast``: this CPU's flag (default: detected)."""
+    try:
+        recipe = json.loads(extra.get("quantization", "{}"))
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(recipe, dict) or recipe.get("reduce_range") is not False \
+            or provider != "CPUExecutionProvider":
+        return None
+    if (fast if fast is not None else fast_int8_dot()) is not None:
+        return None
+    built = recipe.get("built_on_fast_int8_dot") or "a CPU with fast 8-bit dot products"
+    return (f"this int8 model has full 8-bit weights (built on {built}); this CPU has no VNNI/"
+            "AMX/dot-product instructions, so ONNX Runtime's int8 kernels can saturate and "
+            "answers may be wrong: re-export it here with `--weight-bits 7` (or `auto`), or use "
+            "the fp32 model")

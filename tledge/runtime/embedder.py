@@ -15,6 +15,7 @@ from tledge.errors import ArtifactError
 from tledge.onnx_wire import ExternalDataError
 from tledge.runtime import providers as prov
 from tledge.runtime.augment import pool_views, view_count, view_tensors
+from tledge.runtime.cpu import int8_weight_warning
 from tledge.runtime.images import check_rgb, load_image
 from tledge.runtime.preprocess import preprocess_batch
 
@@ -80,6 +81,10 @@ class Embedder:
         self.batch_size = max(1, batch_size)
         self._outputs = [self.info.output_name] + [h.output for h in self.info.heads]
         log.info("loaded %s on %s", self.info.describe(), self.provider)
+        if self.info.precision == "int8":
+            warning = int8_weight_warning(self.info.extra, self.provider)
+            if warning:
+                log.warning("%s: %s", self.path.name, warning)
 
     @property
     def dim(self) -> int:

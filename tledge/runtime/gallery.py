@@ -149,11 +149,25 @@ class Gallery:
         return cls(path, embedder, store)
 
     @classmethod
-    def open_or_create(cls, path, embedder: Embedder) -> Gallery:
-        """Open the gallery at ``path`` if it exists, else create it for ``embedder``'s model."""
+    def open_or_create(cls, path, embedder: Embedder, augment: str | None = None,
+                       augment_queries: bool | None = None) -> Gallery:
+        """Open the gallery at ``path`` if it exists, else create it for ``embedder``'s model.
+        ``augment``/``augment_queries``: the views of a new gallery (see ``create``); for an
+        existing gallery ``augment`` must be what it was created with (its shots were embedded
+        with it) and ``augment_queries``, when given, is set."""
         if (Path(path) / DB_NAME).is_file():
-            return cls.open(path, embedder)
-        return cls.create(path, embedder)
+            gallery = cls.open(path, embedder)
+            made_with = gallery.augment
+            if augment is not None and augment != made_with:
+                gallery.close()
+                raise GalleryError(f"gallery {path} was created with augment "
+                                   f"{made_with!r}; its shots were embedded with those "
+                                   "views, so they are fixed: use a new gallery")
+            if augment_queries is not None and augment_queries != gallery.augment_queries:
+                gallery.augment_queries = augment_queries
+            return gallery
+        return cls.create(path, embedder, augment=augment or "none",
+                          augment_queries=bool(augment_queries))
 
     @property
     def read_only(self) -> bool:

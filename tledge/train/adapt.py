@@ -179,7 +179,7 @@ class Adapt(Algorithm):
         self.src, self.tgt, self.evl = src, tgt, evl
         train_idx, val_idx = stratified_split(src.labels, config.val_fraction, config.seed)
         self.train, self.val = src.subset(train_idx), src.subset(val_idx)
-        self.backbone, self.spec, weights_source = get_backbone(config.backbone,
+        self.backbone, self.spec, weights_source = get_backbone(config.backbone, training=True,
                                                                 weights=config.weights)
         self.backbone.to(self.device).eval()
         self.start = FT.trainable_start(self.backbone, "partial", config.unfreeze)

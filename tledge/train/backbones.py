@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tledge.artifact import Preprocess
-from tledge.train import tv_backbones
+from tledge.train import ensemble, tv_backbones
 from tledge.train import weights as W
 from tledge.train.registry import (
     Backbone,
@@ -116,4 +116,6 @@ register(BackboneSpec(
     "tiny", _tiny, 32, Preprocess(64, 72), None, threshold=0.9,
     summary="tiny random CNN for tests (no pretrained weights)"))
 
+register_resolver(ensemble.spec_for, "Join names with '+' for an ensemble "
+                  "(e.g. mobilenet_v2+efficientnet_lite0).")
 register_resolver(tv_backbones.spec_for, "Any torchvision classification model name also works.")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tledge import __version__
-from tledge.artifact import Head, ModelInfo
+from tledge.artifact import DEFAULT_BACKBONE, Head, ModelInfo
 from tledge.errors import TledgeError
 from tledge.train.backbones import get_backbone
 from tledge.train.checkpoint import Checkpoint, CheckpointError, load
@@ -45,7 +45,7 @@ class ExportOptions:
     samples; below ``min_cosine`` nothing is written), the ONNX ``opset`` and the default
     open-set ``threshold`` written into the metadata."""
 
-    backbone: str = "mobilenet_v2"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     allow_download: bool = False
     parity_images: Path | None = None     # default: the sample images tledge ships

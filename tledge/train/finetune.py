@@ -129,7 +129,8 @@ class Finetune(Algorithm):
         splitter = class_split if self.disjoint else stratified_split
         train_idx, val_idx = splitter(data.labels, config.val_fraction, config.seed)
         self.train, self.val = data.subset(train_idx), data.subset(val_idx)
-        self.backbone, self.spec, source = get_backbone(config.backbone, weights=config.weights)
+        self.backbone, self.spec, source = get_backbone(config.backbone, weights=config.weights,
+                                                                 training=True)
         self.backbone.to(self.device)
         self.start = FT.trainable_start(self.backbone, config.mode, config.unfreeze)
         self.params = FT.set_trainable(self.backbone, self.start)

@@ -146,7 +146,7 @@ class Multitask(Algorithm):
         strat = spec.labels[self.tasks[0]].copy()
         strat[strat < 0] = strat.max() + 1
         self.train_idx, self.val_idx = stratified_split(strat, config.val_fraction, config.seed)
-        self.backbone, self.bspec, weights_source = get_backbone(config.backbone)
+        self.backbone, self.bspec, weights_source = get_backbone(config.backbone, training=True)
         self.backbone.to(self.device).eval()
         self.start = FT.trainable_start(self.backbone, "partial", config.unfreeze)
         self.params = FT.set_trainable(self.backbone, self.start)

@@ -39,7 +39,12 @@ from tledge.train.model import EmbeddingModel
 from tledge.train.torch_private import learnable_fake_quant
 
 WEIGHT_QMAX = 64      # onnxruntime: QInt8 with reduce_range -> [-64, 64], symmetric
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish)
+WEIGHT_QMAX_8BIT = 127  # without reduce_range: [-127, 127]
+# Activations ONNX exports as Clip or Relu, which onnxruntime folds into the conv's output
+# range: modules (MobileNetV2) and functions (EfficientNet-Lite calls F.relu6). Others (SiLU,
+# Hardswish) stay separate nodes there, so the conv's own output is what gets quantised.
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_ACTIVATION_FUNCTIONS = (F.relu, F.relu6, F.hardtanh, torch.relu, torch.clamp, torch.clip)
 
 
 @dataclass(frozen=True)
@@ -52,17 +57,22 @@ class QATOptions:
     float_first: int = 1            # as QuantizeOptions: convolutions left in float
     float_last: int = 1
     seed: int = 0
+    weight_qmax: int = WEIGHT_QMAX  # as QuantizeOptions.reduce_range: 64 (7-bit) or 127
 
 
 class WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric fake quantisation on the reduce_range grid (STE)."""
+    """Per-output-channel symmetric fake quantisation on ``[-qmax, qmax]`` (STE)."""
+
+    def __init__(self, qmax: int = WEIGHT_QMAX) -> None:
+        super().__init__()
+        self.qmax = qmax
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         absmax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-8)
-        scale = (absmax / WEIGHT_QMAX).float()
+        scale = (absmax / self.qmax).float()
         zero = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -WEIGHT_QMAX,
-                                                      WEIGHT_QMAX)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -self.qmax,
+                                                      self.qmax)
 
 
 class ActivationFakeQuant(nn.Module):
@@ -162,8 +172,9 @@ class _Tracer(fx.Tracer):
             super().is_leaf_module(m, qualname)
 
 
-def simulate_int8(model: EmbeddingModel, float_first: int = 1,
-                  float_last: int = 1) -> tuple[fx.GraphModule, list[ActivationFakeQuant]]:
+def simulate_int8(model: EmbeddingModel, float_first: int = 1, float_last: int = 1,
+                  weight_qmax: int = WEIGHT_QMAX,
+                  ) -> tuple[fx.GraphModule, list[ActivationFakeQuant]]:
     """A traced view of ``model.embed`` (BN already folded) with fake quantisation where
     ONNX Runtime's QDQ model quantises: every quantised conv's weights, and the tensors its
     integer kernels read or write (each conv's output after its activation, each residual
@@ -178,7 +189,8 @@ def simulate_int8(model: EmbeddingModel, float_first: int = 1,
         raise TledgeError("the model has too few convolutions to quantise")
     quantised = convs[float_first:len(convs) - float_last]
     for node in quantised:
-        parametrize.register_parametrization(modules[node.target], "weight", WeightFakeQuant())
+        parametrize.register_parametrization(modules[node.target], "weight",
+                                             WeightFakeQuant(weight_qmax))
     # The image is quantised only when the first conv is.
     points = {n: "input" for n in gm.graph.nodes if n.op == "placeholder"} \
         if float_first == 0 else {}
@@ -207,13 +219,19 @@ def _after_activation(node: fx.Node, modules: dict) -> fx.Node:
     """Follow conv -> (BN/Identity) -> activation while each has a single user."""
     while len(node.users) == 1:
         user = next(iter(node.users))
-        if user.op != "call_module" or not isinstance(
-                modules[user.target], (nn.BatchNorm2d, nn.Identity, *_ACTIVATIONS)):
+        if _is_activation(user, modules):
+            return user
+        if user.op != "call_module" or not isinstance(modules[user.target],
+                                                      (nn.BatchNorm2d, nn.Identity)):
             break
         node = user
-        if isinstance(modules[node.target], _ACTIVATIONS):
-            break
     return node
+
+
+def _is_activation(node: fx.Node, modules: dict) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _ACTIVATIONS)
+    return node.op == "call_function" and node.target in _ACTIVATION_FUNCTIONS
 
 
 def _is_tensor_sum(node: fx.Node) -> bool:
@@ -289,7 +307,7 @@ class _Distil(Algorithm):
         for p in self.student.parameters():
             p.requires_grad_(True)
         self.sim, self.observers = simulate_int8(self.student, options.float_first,
-                                                 options.float_last)
+                                                 options.float_last, options.weight_qmax)
         self.views = _Views(files, cfg, options.seed)
         self.weights = list(self.student.parameters())
         _calibrate(self.sim, self.observers, self.views.center(options.calib_images).to(device))
@@ -346,7 +364,8 @@ def simulated_cosine(model: EmbeddingModel, student: EmbeddingModel, images: tor
     student = copy.deepcopy(student)
     if any(isinstance(m, nn.BatchNorm2d) for m in student.modules()):
         fold_batchnorm(student)
-    sim, observers = simulate_int8(student, options.float_first, options.float_last)
+    sim, observers = simulate_int8(student, options.float_first, options.float_last,
+                                   options.weight_qmax)
     if ranges is None:
         _calibrate(sim, observers, calib)
     else:
@@ -368,16 +387,21 @@ def export_int8(model: EmbeddingModel, info, reference: Path, output: Path, quan
     import tempfile
 
     from tledge.train.export import ExportOptions, export_embedding_model
-    from tledge.train.quantize import calibration_files, reduce_precision
+    from tledge.train.quantize import calibration_files, reduce_precision, resolve_reduce_range
 
+    # the simulation must train on the grid onnxruntime will use: decide it once, here
+    reduce_range = resolve_reduce_range(quant.reduce_range)
+    quant = dataclasses.replace(quant, reduce_range=reduce_range)
     options = dataclasses.replace(options, float_first=quant.float_first,
-                                  float_last=quant.float_last)
+                                  float_last=quant.float_last,
+                                  weight_qmax=WEIGHT_QMAX if reduce_range else WEIGHT_QMAX_8BIT)
     files = calibration_files(quant, options.images)
     student, ranges = distill_for_int8(model, files, info.preprocess, options, progress)
     # The export stamps the stand-in's own fingerprint from its graph.
     stand_in_info = dataclasses.replace(
         info, weights=f"{info.weights}; distilled for int8 ({options.steps} steps)")
     recipe = {"qat": {"steps": options.steps, "batch": options.batch, "lr": options.lr,
+                      "weight_qmax": options.weight_qmax,
                       "activation_ranges": "learned",
                       "images": len(files), "loss": "1 - cosine to the fp32 embedding"}}
     output = Path(output)

@@ -166,7 +166,7 @@ def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp:
                                                              options.float_first,
                                                              options.float_last)
     fast = fast_int8_dot()
-    reduce_range = options.reduce_range if options.reduce_range is not None else fast is None
+    reduce_range = resolve_reduce_range(options.reduce_range)
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=options.per_channel, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -184,6 +184,12 @@ def _int8(src: Path, out: Path, source: Embedder, options: QuantizeOptions, tmp:
             "calibration_images": len(files), "float_nodes": exclude}
 
 
+def resolve_reduce_range(option: bool | None) -> bool:
+    """``QuantizeOptions.reduce_range`` made definite: None -> 7-bit weights unless this CPU
+    has fast 8-bit dot products."""
+    return option if option is not None else fast_int8_dot() is None
+
+
 def activation_overrides(model, ranges: list[tuple[str, float, float]], float_first: int,
                          float_last: int) -> dict:
     """onnxruntime ``TensorQuantOverrides`` giving each quantised activation its range from
@@ -199,18 +205,28 @@ def activation_overrides(model, ranges: list[tuple[str, float, float]], float_fi
     convs = [n for n in graph.node if n.op_type == "Conv"]
     float_tail = {n.name for n in convs[len(convs) - float_last:]} if float_last else set()
     tensors = [("input", graph.input[0].name)] if float_first == 0 else []
+    clipped = set()  # outputs of Clip(min >= 0)/Relu: never negative
     for node in graph.node:
         if node.op_type == "Conv" and node.name not in float_tail:
             out = node.output[0]
             after = users.get(out, [])
             if len(after) == 1 and after[0].op_type in ("Clip", "Relu"):
                 out = after[0].output[0]
+                clipped.add(out)
             tensors.append(("conv", out))
         elif node.op_type == "Add" and all(i in made for i in node.input):
             tensors.append(("add", node.output[0]))
     if [k for k, _ in tensors] != [k for k, _, _ in ranges]:
         raise TledgeError(f"the learned activation ranges ({len(ranges)}) do not line up with "
                           f"this graph's quantised tensors ({len(tensors)})")
+    for (_, name), (_, lo, hi) in zip(tensors, ranges, strict=True):
+        # a learned range far below zero for a tensor that cannot be negative means the
+        # simulation quantised another tensor (e.g. before the activation): refuse it
+        if name in clipped and lo < -0.05 * max(hi, 1e-6):
+            raise TledgeError(f"the int8 simulation does not match this graph: tensor {name} "
+                              f"is an activation's output (never negative) but its learned "
+                              f"range is [{lo:.3g}, {hi:.3g}]; distillation is not supported "
+                              "for this backbone, use --qat-steps 0")
     return {name: [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
             for (_, name), (_, lo, hi) in zip(tensors, ranges, strict=True)}
 

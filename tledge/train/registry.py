@@ -34,6 +34,7 @@ class BackboneSpec:
     summary: str
     license: str = ""
     load: Callable[[nn.Module, dict], None] = field(default=lambda m, sd: m.load_state_dict(sd))
+    trainable: bool = True    # False: export and evaluation only (ensembles)
 
 
 class GlobalAvgPool(nn.Module):
@@ -126,13 +127,18 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def get_backbone(name: str, pretrained: bool = True, weights: str | None = None,
-                 allow_download: bool = False) -> tuple[Backbone, BackboneSpec, str]:
+                 allow_download: bool = False,
+                 training: bool = False) -> tuple[Backbone, BackboneSpec, str]:
     """Build ``name`` in eval mode, its spec stamped on it; returns (backbone, spec,
-    description of the weights)."""
+    description of the weights). ``training``: refuse a backbone that cannot be trained."""
     spec = get_spec(name)
+    if training and not spec.trainable:
+        raise TledgeError(f"{name} cannot be trained ({spec.summary}); train one of its "
+                          "parts, or pick another backbone from `tledge backbones`")
     model = spec.build()
     model.spec = spec
-    source = "random initialisation (seed 0)"
+    # a model that brings its own weights (an ensemble of pretrained members) says so
+    source = getattr(model, "weights_source", "random initialisation (seed 0)")
     if pretrained and (spec.weights is not None or weights is not None):
         loaded = W.resolve(spec.weights, weights, allow_download)
         try:

@@ -16,7 +16,7 @@ from tledge.train.export import ExportOptions
 from tledge.train.gate import GateOptions
 from tledge.train.pipeline import PipelineOptions, export
 from tledge.train.qat import QATOptions
-from tledge.train.quantize import QuantizeOptions
+from tledge.train.quantize import QuantizeOptions, resolve_reduce_range
 
 # Built-in backbones that are not worth measuring (random weights, for tests).
 SKIP = ("tiny",)
@@ -30,15 +30,18 @@ def zoo_backbones() -> list[str]:
 def export_backbones(out_dir: Path, names: list[str] | None = None,
                      calib: Path | None = None, gate_images: Path | None = None,
                      qat_steps: int = 0, reuse: bool = True,
-                     gate: GateOptions | None = None) -> list[dict]:
+                     gate: GateOptions | None = None,
+                     reduce_range: bool | None = True) -> list[dict]:
     """``out_dir/<name>.onnx`` (fp32) and ``out_dir/<name>_int8.onnx`` for each backbone;
     returns one ``{"backbone", "fp32", "int8", "gate"}`` per backbone. ``reuse``: files
     already there are kept as they are (a re-run measures without re-exporting). ``gate``:
-    the int8 gate's options (default: on ``gate_images``, kept even when it fails)."""
+    the int8 gate's options (default: on ``gate_images``, kept even when it fails);
+    ``reduce_range``: 7-bit weights (True), 8-bit (False) or by this CPU (None)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gate = gate or GateOptions(images=gate_images, force=True)
-    quant = QuantizeOptions(calib=calib, gate=gate)
+    quant = QuantizeOptions(calib=calib, gate=gate, reduce_range=reduce_range)
+    want = resolve_reduce_range(reduce_range)  # an int8 file on another grid is redone
     made = []
     for name in names or zoo_backbones():
         fp32, int8 = out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx"
@@ -46,10 +49,24 @@ def export_backbones(out_dir: Path, names: list[str] | None = None,
         if not (reuse and fp32.is_file()):
             export(fp32, PipelineOptions(precision="fp32", model=model))
         report = None
-        if not (reuse and int8.is_file()):
+        if not (reuse and int8.is_file() and _weight_grid(int8) == want):
             options = PipelineOptions(precision="int8", model=model, quantize=quant,
                                       qat=dataclasses.replace(QATOptions(), steps=qat_steps))
             report = export(int8, options).gate
             int8.with_name(int8.stem + ".fp32.onnx").unlink(missing_ok=True)  # = fp32
         made.append({"backbone": name, "fp32": fp32, "int8": int8, "gate": report})
     return made
+
+
+def _weight_grid(path: Path) -> bool | None:
+    """The ``reduce_range`` an int8 file was made with (None: unreadable or not recorded)."""
+    import json
+
+    from tledge.errors import TledgeError
+    from tledge.runtime.embedder import load_verified
+
+    try:
+        recipe = json.loads(load_verified(path)[1].extra.get("quantization", "{}"))
+    except (TledgeError, ValueError):
+        return None
+    return recipe.get("reduce_range") if isinstance(recipe, dict) else None
