@@ -129,3 +129,6 @@ def test_cli_enroll_creates_an_augmented_gallery_and_keeps_its_views(tiny_model,
     with pytest.raises(SystemExit) as exc:
         main(base + ["--augment-queries", str(files[0])])
     assert exc.value.code == 2
+    from tledge.cli.enroll import AUGMENT_CHOICES
+
+    assert AUGMENT_CHOICES == AUGMENTS

@@ -79,3 +79,50 @@ def test_ensemble_cosine_is_the_mean_of_member_cosines_and_it_exports(sample_fil
 def test_an_ensemble_cannot_be_trained():
     with pytest.raises(TledgeError, match="cannot be trained"):
         get_backbone(PAIR, training=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair() -> str:
+    """An ensemble of two small seeded backbones with different inputs (64 px ImageNet
+    pixels, 56 px [-1, 1] pixels): the affine map and the resize are both in the graph."""
+    import dataclasses
+
+    from tledge.artifact import Preprocess
+    from tledge.train.registry import _REGISTRY, register
+
+    if "tiny_half" not in _REGISTRY:
+        register(dataclasses.replace(get_spec("tiny"), name="tiny_half",
+                                     preprocess=Preprocess(56, 64, mean=(0.5,) * 3,
+                                                           std=(0.5,) * 3)))
+    return "tiny+tiny_half"
+
+
+def test_an_ensemble_distils_for_int8_and_its_points_line_up(tiny_pair, tmp_path, capsys):
+    """The members' input shift (a constant add) is not a quantised sum: the simulation's
+    points are the tensors onnxruntime quantises, checked before any distillation."""
+    from tledge.cli import main
+    from tledge.runtime.embedder import Embedder
+    from tledge.train.export import ExportOptions, export_model, pretrained_model
+    from tledge.train.qat import simulated_kinds
+    from tledge.train.quantize import check_lines_up
+
+    fp32 = tmp_path / "pair.onnx"
+    export_model(fp32, ExportOptions(backbone=tiny_pair, parity_limit=4))
+    model, _ = pretrained_model(ExportOptions(backbone=tiny_pair))
+    kinds = simulated_kinds(model)
+    assert kinds.count("add") == 0 and kinds.count("conv") == 7  # outputs of 8 convs, not the last
+    check_lines_up(fp32, kinds, 1, 1)
+    with pytest.raises(TledgeError, match="not supported for this model"):
+        check_lines_up(fp32, kinds + ["add"], 1, 1)
+    out = tmp_path / "pair_int8.onnx"
+    assert main(["export", "--backbone", tiny_pair, "-o", str(out), "--precision", "int8",
+                 "--qat-steps", "2", "--qat-batch", "4", "--qat-images", "12", "--force"]) == 0
+    assert Embedder(out, providers="cpu").info.backbone == tiny_pair
+    capsys.readouterr()
+
+
+def test_ensemble_options_reach_the_members_and_weights_are_refused(tiny_pair):
+    with pytest.raises(TledgeError, match="--weights is for a single backbone"):
+        get_backbone(tiny_pair, weights="x.pth")
+    model, spec, _ = get_backbone(tiny_pair, pretrained=False)
+    assert spec.members == ("tiny", "tiny_half") and model.dim == 64

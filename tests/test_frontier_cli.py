@@ -90,3 +90,24 @@ def test_backbones_shortcut_exports_fp32_and_int8_once(tmp_path):
     assert recipe["reduce_range"] is False
     (same,) = export_backbones(tmp_path, names=["tiny"], gate=gate, reduce_range=False)
     assert same["gate"] is None
+
+
+def test_transfer_folders_and_their_metric_are_checked_before_any_work(classes, tmp_path,
+                                                                       capsys, monkeypatch):
+    """A transfer folder sharing no classes fails before --backbones exports anything; a
+    --metric naming a transfer task is accepted only when that folder is given."""
+    import tledge.train.zoo as zoo
+
+    monkeypatch.setattr(zoo, "export_backbones", lambda *a, **k: pytest.fail("exported"))
+    other = tmp_path / "other"
+    (other / "not-a-class").mkdir(parents=True)
+    first = sorted(next(classes.iterdir()).iterdir())[0]
+    (other / "not-a-class" / first.name).write_bytes(first.read_bytes())
+    out = ["-o", str(tmp_path / "o")]
+    assert main(["eval", "frontier", str(classes), "--backbones", "--transfer", str(other),
+                 *out]) == 1
+    assert "shares 0 class folder(s)" in capsys.readouterr().err
+    metric = f"{classes.name}->other"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "frontier", str(classes), "-m", "x.onnx", "--metric", metric, *out])
+    assert exc.value.code == 2 and metric in capsys.readouterr().err

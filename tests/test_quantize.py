@@ -145,6 +145,7 @@ def test_a_full_8bit_model_warns_on_a_cpu_without_fast_int8(tiny_model, tmp_path
                               gate=GateOptions(episodes=5, force=True))
     reduce_precision(tiny_model, eight, options)
     reduce_precision(tiny_model, seven, dataclasses.replace(options, reduce_range=True))
+    monkeypatch.setattr(C, "cpu_flags", lambda: {"fpu", "avx2"})  # readable flags
     for fast, path, warns in [(None, eight, True), ("avx_vnni", eight, False),
                               (None, seven, False), (None, tiny_model, False)]:
         monkeypatch.setattr(C, "fast_int8_dot", lambda fast=fast: fast)
@@ -155,4 +156,13 @@ def test_a_full_8bit_model_warns_on_a_cpu_without_fast_int8(tiny_model, tmp_path
         assert bool(said) is warns, (path.name, fast, said)
         if warns:
             assert "full 8-bit weights (built on avx512_vnni)" in said[0]
-            assert "--weight-bits 7" in said[0]
+            assert "this CPU has no VNNI" in said[0] and "--weight-bits 7" in said[0]
+    # where the features cannot be read (no /proc/cpuinfo), the warning says so
+    extra = Embedder(eight, providers="cpu").info.extra
+    monkeypatch.setattr(C, "cpu_flags", lambda: set())
+    monkeypatch.setattr(C.platform, "system", lambda: "Windows")
+    assert "cannot read this CPU's features" in C.int8_weight_warning(extra,
+                                                                       "CPUExecutionProvider")
+    assert C.int8_weight_warning(extra, "CPUExecutionProvider", fast="asimddp") is None
+    assert "this CPU has no VNNI" in C.int8_weight_warning(extra, "CPUExecutionProvider", "")
+    assert C.int8_weight_warning(extra, "CUDAExecutionProvider", "") is None

@@ -70,7 +70,8 @@ def write_json(result: dict, path: Path) -> Path:
 
 def plot_frontier(result: dict, path: Path) -> bool:
     """Accuracy (the options' metric, with its 95% interval) against p50 latency; Pareto
-    models filled and joined. False, with nothing written, when matplotlib is missing."""
+    models filled and joined; each point numbered, the numbers named in a key beside the
+    plot. False, with nothing written, when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -78,27 +79,56 @@ def plot_frontier(result: dict, path: Path) -> bool:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    metric, rows = result["options"]["metric"], result["models"]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in rows:
-        acc = r["accuracy"][metric]
+    metric, rows, opts = result["options"]["metric"], result["models"], result["options"]
+    fig, ax = plt.subplots(figsize=(10.5, 5.8))
+    fig.subplots_adjust(left=0.07, right=0.68, top=0.93, bottom=0.1)
+    points = []
+    for i, r in enumerate(rows):
+        x, acc = r["latency_ms"]["p50"], r["accuracy"][metric]
         colour = "#c0392b" if r["pareto"] else "#7f8c8d"
-        ax.errorbar(r["latency_ms"]["p50"], 100 * acc["mean"], yerr=100 * acc["ci95"],
-                    fmt="o", color=colour, mfc=colour if r["pareto"] else "white", capsize=3)
-        ax.annotate(f"{r['name']}", (r["latency_ms"]["p50"], 100 * acc["mean"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
-    front = sorted((r["latency_ms"]["p50"], 100 * r["accuracy"][metric]["mean"])
-                   for r in rows if r["pareto"])
+        ax.errorbar(x, 100 * acc["mean"], yerr=100 * acc["ci95"], fmt="o", color=colour,
+                    mfc=colour if r["pareto"] else "white", capsize=3)
+        points.append((x, 100 * acc["mean"], str(i + 1), r["pareto"]))
+    front = sorted((p[0], p[1]) for p in points if p[3])
     if len(front) > 1:
         ax.step(*zip(*front), where="post", color="#c0392b", lw=1, alpha=0.6,
                 label="Pareto front")
         ax.legend(loc="lower right")
-    opts = result["options"]
     ax.set(xlabel=f"latency p50 at batch 1, {opts['threads']} threads (ms)",
            ylabel=f"{metric} accuracy (%), 95% CI", title=f"tledge frontier — {result['data']}")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _number_points(fig, ax, points)
+    key = "\n".join(f"{i + 1:>2}{'*' if r['pareto'] else ' '} {Path(r['name']).stem} "
+                    f"({r['precision']})" for i, r in enumerate(rows))
+    fig.text(0.70, 0.93, key + "\n\n * Pareto-optimal", va="top", fontsize=8,
+             family="monospace")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _number_points(fig, ax, points: list[tuple[float, float, str, bool]]) -> None:
+    """Each point's number beside it; a number that would cover another moves up or down
+    in small steps (a thin line then leads back to its point)."""
+    from matplotlib.transforms import offset_copy
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for x, y, name, pareto in sorted(points, key=lambda p: (not p[3], p[0])):
+        for step in range(24):
+            dy = (step + 1) // 2 * 7 * (1 if step % 2 else -1)
+            where = offset_copy(ax.transData, fig=fig, x=5, y=dy - 3, units="points")
+            text = ax.text(x, y, name, transform=where, fontsize=8,
+                           fontweight="bold" if pareto else "normal",
+                           color="#c0392b" if pareto else "#444")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or step == 23:
+                placed.append(box)
+                if dy:
+                    lead = offset_copy(ax.transData, fig=fig, x=5, y=dy, units="points")
+                    ax.annotate("", (x, y), xytext=(x, y), textcoords=lead,
+                                arrowprops=dict(arrowstyle="-", lw=0.4, color="#aaa"))
+                break
+            text.remove()

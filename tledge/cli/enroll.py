@@ -9,6 +9,10 @@ from pathlib import Path
 from tledge.cli import common
 from tledge.cli.types import examples, positive_int
 
+# tledge.runtime.augment.AUGMENTS, spelled out: the parser must not import the runtime
+# (ONNX Runtime) just to show --help; a test keeps the two equal.
+AUGMENT_CHOICES = ("none", "flip")
+
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from tledge.runtime import Gallery
@@ -82,11 +86,12 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--allow-duplicates", action="store_true",
                    help="also store pictures the class already holds (without it they are "
                         "skipped, so a run can be repeated safely)")
-    p.add_argument("--augment", choices=("none", "flip"),
+    p.add_argument("--augment", choices=AUGMENT_CHOICES,
                    help="a new gallery: average each shot's embedding with its mirror image's "
                         "(+0.5 points all-way 1-shot, measured; default none). Fixed when the "
                         "gallery is created")
     p.add_argument("--augment-queries", action="store_true",
-                   help="a new gallery with --augment: embed queries the same way too (+0.9 "
-                        "points with flip, at twice the inference per frame)")
+                   help="with --augment flip: embed queries the same way too (+0.9 points, "
+                        "at twice the inference per frame); on an existing flip gallery it "
+                        "turns query views on (`tledge gallery` shows the setting)"),
     p.set_defaults(func=cmd_enroll, check=check_enroll)

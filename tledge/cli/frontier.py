@@ -12,10 +12,11 @@ from tledge.errors import TledgeError
 
 
 def cmd_frontier(args: argparse.Namespace) -> int:
-    from tledge.frontier import FrontierOptions, frontier
+    from tledge.frontier import FrontierOptions, frontier, transfer_classes
     from tledge.frontier_report import format_frontier, plot_frontier, write_json
 
     models = list(args.model or [])
+    transfer_classes(args.data, list(args.transfer or []))  # before minutes of exports
     if args.backbones:
         models += _exported_backbones(args)
     if not models:
@@ -65,7 +66,7 @@ def add_frontier(kinds, model_args) -> None:
             "tledge eval frontier split/novel -m mobilenet_v2.onnx -m efficientnet_lite0.onnx",
             "tledge eval frontier split/novel --backbones --calib split/base -o frontier/",
             "tledge eval frontier pacs/photo --transfer pacs/sketch --transfer pacs/cartoon "
-            "-m a.onnx -m b.onnx --metric photo->sketch"))
+            "-m a.onnx -m b.onnx --metric 'photo->sketch'"))
     a.add_argument("data", type=Path, help="labelled images: DATA/<class>/*.jpg")
     a.add_argument("--model", "-m", type=Path, action="append",
                    help="exported model (repeat; the first is the paired baseline)")
@@ -91,7 +92,8 @@ def add_frontier(kinds, model_args) -> None:
     a.add_argument("--metric", default="all-way 1-shot",
                    help="the accuracy plotted and used for the Pareto set: 5-way 1-shot, "
                         "all-way 1-shot (default), 5-way 5-shot or a transfer task "
-                        "(DATA->TARGET, by folder names)")
+                        "(DATA->TARGET by folder names; quote it in a shell: the > "
+                        "redirects)")
     a.add_argument("--transfer", type=Path, action="append",
                    help="another domain with DATA's class folders (repeat): each of its "
                         "images is matched against galleries of every DATA image of its "

@@ -49,7 +49,7 @@ def int8_weight_warning(extra: dict, provider: str, fast: str | None = None) -> 
     """A warning when an int8 model built with full 8-bit weights (``--weight-bits 8`` or
     ``auto`` on a VNNI machine) runs on the CPU provider of a CPU without fast 8-bit dot
     products, where those weights saturate; None otherwise. ``extra``: the model's metadata
-    ``extra``; ``fast``: this CPU's flag (default: detected)."""
+    ``extra``; ``fast``: this CPU's flag (None: detect; "" for none)."""
     try:
         recipe = json.loads(extra.get("quantization", "{}"))
     except (TypeError, ValueError):
@@ -57,10 +57,17 @@ def int8_weight_warning(extra: dict, provider: str, fast: str | None = None) -> 
     if not isinstance(recipe, dict) or recipe.get("reduce_range") is not False \
             or provider != "CPUExecutionProvider":
         return None
-    if (fast if fast is not None else fast_int8_dot()) is not None:
+    # no /proc/cpuinfo (Windows, BSD): the features cannot be read, say so
+    unknown = fast is None and not cpu_flags() and platform.system() != "Darwin"
+    if fast is None and not unknown:
+        fast = fast_int8_dot() or ""
+    if fast:
         return None
     built = recipe.get("built_on_fast_int8_dot") or "a CPU with fast 8-bit dot products"
-    return (f"this int8 model has full 8-bit weights (built on {built}); this CPU has no VNNI/"
-            "AMX/dot-product instructions, so ONNX Runtime's int8 kernels can saturate and "
-            "answers may be wrong: re-export it here with `--weight-bits 7` (or `auto`), or use "
-            "the fp32 model")
+    here = ("tledge cannot read this CPU's features; if it has no VNNI/AMX/dot-product "
+            "instructions" if unknown else
+            "this CPU has no VNNI/AMX/dot-product instructions, so")
+    return (f"this int8 model has full 8-bit weights (built on {built}); {here} ONNX "
+            "Runtime's int8 kernels can saturate and answers may be wrong: re-export it with "
+            "`--weight-bits 7` (or quantise it on this machine with `--weight-bits auto`), or "
+            "use the fp32 model")

@@ -164,7 +164,11 @@ class Gallery:
                                    f"{made_with!r}; its shots were embedded with those "
                                    "views, so they are fixed: use a new gallery")
             if augment_queries is not None and augment_queries != gallery.augment_queries:
-                gallery.augment_queries = augment_queries
+                try:
+                    gallery.augment_queries = augment_queries
+                except BaseException:
+                    gallery.close()
+                    raise
             return gallery
         return cls.create(path, embedder, augment=augment or "none",
                           augment_queries=bool(augment_queries))

@@ -6,13 +6,16 @@ cosine of two ensemble embeddings is the mean of the members' cosines. The file 
 ordinary tledge model (its own fingerprint, its own preprocessing in the metadata); the
 runtime does not know it is an ensemble.
 
-The input is the preprocessing of the member with the largest crop; inside the graph each
-other member gets its own pixel normalisation (an exact per-channel affine map) and, when its
-crop is smaller, a bilinear (antialiased) resize. Ensembles are for export and evaluation:
+The input is the preprocessing of the member with the largest crop (its resize and crop for
+every member); inside the graph each other member gets its own pixel normalisation (an exact
+per-channel affine map) and, when its crop is smaller, a bilinear (antialiased) resize.
+Members must agree on the colour order. Ensembles are for export and evaluation:
 fine-tune a member, not the ensemble.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -95,20 +98,26 @@ def spec_for(name: str) -> BackboneSpec | None:
     if parts is None:
         return None
     specs = [get_spec(p) for p in parts]  # raises on an unknown member, with a suggestion
+    if len({s.preprocess.color_order for s in specs}) > 1:
+        raise TledgeError(f"ensemble {name!r}: its members expect different colour orders "
+                          "(RGB and BGR); pick members that agree")
     outer = max(specs, key=lambda s: s.preprocess.crop_size).preprocess
     threshold = sum(s.threshold for s in specs) / len(specs)  # cosine = mean of members'
     return BackboneSpec(
-        name, lambda: _build(name, parts, outer), sum(s.dim for s in specs), outer, None,
+        name, functools.partial(_build, name, parts, outer), sum(s.dim for s in specs), outer,
+        None,
         threshold=round(threshold, 4),
         summary="ensemble of " + ", ".join(parts) + " (concatenated normalised embeddings)",
         license="; ".join(f"{s.name}: {s.license}" for s in specs if s.license),
-        trainable=False)
+        trainable=False, members=tuple(parts))
 
 
-def _build(name: str, parts: list[str], outer: Preprocess) -> EnsembleBackbone:
+def _build(name: str, parts: list[str], outer: Preprocess, pretrained: bool = True,
+           allow_download: bool = False) -> EnsembleBackbone:
     members, sources = [], []
     for part in parts:
-        backbone, _, source = get_backbone(part)  # each member's own verified weights
+        # each member's own verified weights
+        backbone, _, source = get_backbone(part, pretrained, allow_download=allow_download)
         members.append(backbone)
         sources.append(f"{part}: {source}")
     model = EnsembleBackbone(name, members, outer)

@@ -235,7 +235,9 @@ def _is_activation(node: fx.Node, modules: dict) -> bool:
 
 
 def _is_tensor_sum(node: fx.Node) -> bool:
-    return all(isinstance(a, fx.Node) for a in node.args[:2])
+    """A sum of two computed tensors (onnxruntime quantises those); adding a constant
+    (a buffer, e.g. an ensemble member's input shift) is not one."""
+    return all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args[:2])
 
 
 class _Views:
@@ -376,6 +378,14 @@ def simulated_cosine(model: EmbeddingModel, student: EmbeddingModel, images: tor
         return F.cosine_similarity(sim(images), model.embed(images), dim=1).numpy()
 
 
+def simulated_kinds(model: EmbeddingModel, options: QATOptions = QATOptions()) -> list[str]:
+    """The kinds of the simulation's quantisation points, in execution order."""
+    student = copy.deepcopy(model).eval()
+    fold_batchnorm(student)
+    return [fq.kind for fq in simulate_int8(student, options.float_first, options.float_last,
+                                            options.weight_qmax)[1]]
+
+
 def export_int8(model: EmbeddingModel, info, reference: Path, output: Path, quant,
                 options: QATOptions = QATOptions(), export_options=None,
                 progress: Callable[[int, float], None] | None = None) -> dict:
@@ -387,14 +397,21 @@ def export_int8(model: EmbeddingModel, info, reference: Path, output: Path, quan
     import tempfile
 
     from tledge.train.export import ExportOptions, export_embedding_model
-    from tledge.train.quantize import calibration_files, reduce_precision, resolve_reduce_range
+    from tledge.train.quantize import (
+        calibration_files,
+        check_lines_up,
+        reduce_precision,
+        resolve_reduce_range,
+    )
 
-    # the simulation must train on the grid onnxruntime will use: decide it once, here
+    # the simulation trains on the grid onnxruntime will use (None resolves the same way
+    # in reduce_precision, which records the option as given)
     reduce_range = resolve_reduce_range(quant.reduce_range)
-    quant = dataclasses.replace(quant, reduce_range=reduce_range)
     options = dataclasses.replace(options, float_first=quant.float_first,
                                   float_last=quant.float_last,
                                   weight_qmax=WEIGHT_QMAX if reduce_range else WEIGHT_QMAX_8BIT)
+    check_lines_up(reference, simulated_kinds(model, options), quant.float_first,
+                   quant.float_last)  # before minutes of distillation, not after
     files = calibration_files(quant, options.images)
     student, ranges = distill_for_int8(model, files, info.preprocess, options, progress)
     # The export stamps the stand-in's own fingerprint from its graph.

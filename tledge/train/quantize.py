@@ -45,10 +45,10 @@ class QuantizeOptions:
     method: str = "minmax"
     percentile: float = 99.999
     per_channel: bool = True
-    # 7-bit weights: exact on AVX2/AVX-512 without VNNI. None: full 8-bit weights when this
-    # CPU has fast 8-bit dot products (``tledge.runtime.cpu``), 7-bit otherwise. The default
-    # stays 7-bit: the model may run on another CPU, and int8-aware distillation simulates
-    # the 7-bit grid.
+    # 7-bit weights: exact on AVX2/AVX-512 without VNNI. False: full 8-bit weights. None:
+    # 8-bit when this CPU has fast 8-bit dot products (``tledge.runtime.cpu``), 7-bit
+    # otherwise. The default stays 7-bit: the model may run on another CPU. int8-aware
+    # distillation simulates whichever grid is chosen.
     reduce_range: bool | None = True
     float_first: int = 1              # convolutions kept in float at the input ...
     float_last: int = 1               # ... and at the output
@@ -190,12 +190,12 @@ def resolve_reduce_range(option: bool | None) -> bool:
     return option if option is not None else fast_int8_dot() is None
 
 
-def activation_overrides(model, ranges: list[tuple[str, float, float]], float_first: int,
-                         float_last: int) -> dict:
-    """onnxruntime ``TensorQuantOverrides`` giving each quantised activation its range from
-    ``ranges`` (``(kind, rmin, rmax)`` in execution order, from ``tledge.train.qat``): the
-    input (only when the first conv is quantised), each conv's output after its Clip/Relu
-    but the float last ones', and each sum of two tensors, in graph order."""
+def quantised_tensors(model, float_first: int, float_last: int
+                      ) -> tuple[list[tuple[str, str]], set[str]]:
+    """The activations onnxruntime's QDQ recipe quantises, in graph order, as ``(kind,
+    tensor name)``: the input (only when the first conv is quantised), each conv's output
+    after its Clip/Relu but the float last ones', and each sum of two computed tensors; and
+    the names among them that can never be negative (Relu, or Clip with a min >= 0)."""
     graph = model.graph
     users: dict[str, list] = {}
     for node in graph.node:
@@ -205,17 +205,63 @@ def activation_overrides(model, ranges: list[tuple[str, float, float]], float_fi
     convs = [n for n in graph.node if n.op_type == "Conv"]
     float_tail = {n.name for n in convs[len(convs) - float_last:]} if float_last else set()
     tensors = [("input", graph.input[0].name)] if float_first == 0 else []
-    clipped = set()  # outputs of Clip(min >= 0)/Relu: never negative
+    clipped = set()
     for node in graph.node:
         if node.op_type == "Conv" and node.name not in float_tail:
             out = node.output[0]
             after = users.get(out, [])
             if len(after) == 1 and after[0].op_type in ("Clip", "Relu"):
                 out = after[0].output[0]
-                clipped.add(out)
+                if _never_negative(after[0], graph):
+                    clipped.add(out)
             tensors.append(("conv", out))
         elif node.op_type == "Add" and all(i in made for i in node.input):
             tensors.append(("add", node.output[0]))
+    return tensors, clipped
+
+
+def _never_negative(node, graph) -> bool:
+    """A Relu, or a Clip whose min is a constant >= 0."""
+    if node.op_type == "Relu":
+        return True
+    if len(node.input) < 2 or not node.input[1]:
+        return False
+    from onnx import numpy_helper
+
+    name = node.input[1]
+    for init in graph.initializer:
+        if init.name == name:
+            return bool(np.all(numpy_helper.to_array(init) >= 0))
+    for const in graph.node:
+        if const.op_type == "Constant" and const.output[0] == name and const.attribute:
+            return bool(np.all(numpy_helper.to_array(const.attribute[0].t) >= 0))
+    return False
+
+
+def check_lines_up(fp32_model: Path, kinds: list[str], float_first: int,
+                   float_last: int) -> None:
+    """Refuse, before any distillation, a simulation whose quantisation points (``kinds`` in
+    execution order) are not the tensors onnxruntime will quantise in ``fp32_model``."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="tledge-lineup-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
+        tensors, _ = quantised_tensors(onnx.load(str(prepared)), float_first, float_last)
+    if [k for k, _ in tensors] != list(kinds):
+        raise TledgeError(f"int8-aware distillation is not supported for this model: its "
+                          f"simulation has {len(kinds)} quantisation points, onnxruntime "
+                          f"quantises {len(tensors)} tensors; use --qat-steps 0 "
+                          "(post-training int8)")
+
+
+def activation_overrides(model, ranges: list[tuple[str, float, float]], float_first: int,
+                         float_last: int) -> dict:
+    """onnxruntime ``TensorQuantOverrides`` giving each quantised activation
+    (``quantised_tensors``) its range from ``ranges`` (``(kind, rmin, rmax)`` in execution
+    order, from ``tledge.train.qat``)."""
+    tensors, clipped = quantised_tensors(model, float_first, float_last)
     if [k for k, _ in tensors] != [k for k, _, _ in ranges]:
         raise TledgeError(f"the learned activation ranges ({len(ranges)}) do not line up with "
                           f"this graph's quantised tensors ({len(tensors)})")

@@ -35,6 +35,7 @@ class BackboneSpec:
     license: str = ""
     load: Callable[[nn.Module, dict], None] = field(default=lambda m, sd: m.load_state_dict(sd))
     trainable: bool = True    # False: export and evaluation only (ensembles)
+    members: tuple[str, ...] = ()  # an ensemble's backbones: build(pretrained, allow_download)
 
 
 class GlobalAvgPool(nn.Module):
@@ -135,9 +136,14 @@ def get_backbone(name: str, pretrained: bool = True, weights: str | None = None,
     if training and not spec.trainable:
         raise TledgeError(f"{name} cannot be trained ({spec.summary}); train one of its "
                           "parts, or pick another backbone from `tledge backbones`")
-    model = spec.build()
+    if spec.members:  # an ensemble loads each member's own verified weights
+        if weights is not None:
+            raise TledgeError(f"{name} is an ensemble: each member loads its own published "
+                              "weights; --weights is for a single backbone")
+        model = spec.build(pretrained=pretrained, allow_download=allow_download)
+    else:
+        model = spec.build()
     model.spec = spec
-    # a model that brings its own weights (an ensemble of pretrained members) says so
     source = getattr(model, "weights_source", "random initialisation (seed 0)")
     if pretrained and (spec.weights is not None or weights is not None):
         loaded = W.resolve(spec.weights, weights, allow_download)
