@@ -124,6 +124,7 @@ def test_cli_enroll_creates_an_augmented_gallery_and_keeps_its_views(tiny_model,
     assert main(base + [str(files[2])]) == 0            # no flag: the gallery's own views
     assert main(base + ["--augment", "none", str(files[2])]) == 1
     assert "was created with augment 'flip'" in capsys.readouterr().err
+    assert main(base + ["--augment", "flip", str(files[2])]) == 0   # the same views: fine
     with Gallery.open(tmp_path / "g") as gallery:
         assert gallery.vectors()[0].count(label) == 3    # the refused run stored nothing
     with pytest.raises(SystemExit) as exc:

@@ -17,8 +17,9 @@ PAIR = "mobilenet_v2+efficientnet_lite0"
 
 def test_names_parse_and_refuse():
     assert member_names("mobilenet_v2") is None
-    assert member_names("a + b") == ["a", "b"]
-    for bad, why in [("a++b", "empty member"), ("a+a", "twice"), ("a+b+c+d+e", "at most")]:
+    assert member_names("a+b") == ["a", "b"]
+    for bad, why in [("a++b", "empty member"), ("a+a", "twice"), ("a+b+c+d+e", "at most"),
+                     ("a +b", "without spaces"), ("a+b\t", "without spaces")]:
         with pytest.raises(TledgeError, match=why):
             member_names(bad)
     with pytest.raises(TledgeError, match="unknown backbone 'mobilenet_v3'"):

@@ -192,7 +192,7 @@ def latency_images(folders: dict[str, list[Path]], count: int) -> list[np.ndarra
 
 
 def transfer_name(data: Path, target: Path) -> str:
-    return f"{Path(data).name}->{Path(target).name}"
+    return f"{Path(data).resolve().name}->{Path(target).resolve().name}"
 
 
 def transfer_classes(data: Path, targets: list[Path]) -> dict[str, list[str]]:

@@ -92,6 +92,5 @@ def add_parser(sub, model_args) -> None:
                         "gallery is created")
     p.add_argument("--augment-queries", action="store_true",
                    help="with --augment flip: embed queries the same way too (+0.9 points, "
-                        "at twice the inference per frame); on an existing flip gallery it "
-                        "turns query views on (`tledge gallery` shows the setting)"),
+                        "at twice the inference per frame). Set when the gallery is created")
     p.set_defaults(func=cmd_enroll, check=check_enroll)

@@ -58,7 +58,8 @@ def int8_weight_warning(extra: dict, provider: str, fast: str | None = None) -> 
             or provider != "CPUExecutionProvider":
         return None
     # no /proc/cpuinfo (Windows, BSD): the features cannot be read, say so
-    unknown = fast is None and not cpu_flags() and platform.system() != "Darwin"
+    apple = platform.system() == "Darwin" and platform.machine() == "arm64"
+    unknown = fast is None and not cpu_flags() and not apple
     if fast is None and not unknown:
         fast = fast_int8_dot() or ""
     if fast:

@@ -152,23 +152,19 @@ class Gallery:
     def open_or_create(cls, path, embedder: Embedder, augment: str | None = None,
                        augment_queries: bool | None = None) -> Gallery:
         """Open the gallery at ``path`` if it exists, else create it for ``embedder``'s model.
-        ``augment``/``augment_queries``: the views of a new gallery (see ``create``); for an
-        existing gallery ``augment`` must be what it was created with (its shots were embedded
-        with it) and ``augment_queries``, when given, is set."""
+        ``augment``/``augment_queries``: the views of a new gallery (see ``create``); given for
+        an existing gallery they must be what it was created with (nothing is changed)."""
         if (Path(path) / DB_NAME).is_file():
             gallery = cls.open(path, embedder)
-            made_with = gallery.augment
-            if augment is not None and augment != made_with:
+            made = {"augment": gallery.augment, "augment_queries": gallery.augment_queries}
+            asked = {"augment": augment, "augment_queries": augment_queries}
+            differ = [f"{k} {made[k]!r}" for k, v in asked.items()
+                      if v is not None and v != made[k]]
+            if differ:
                 gallery.close()
-                raise GalleryError(f"gallery {path} was created with augment "
-                                   f"{made_with!r}; its shots were embedded with those "
-                                   "views, so they are fixed: use a new gallery")
-            if augment_queries is not None and augment_queries != gallery.augment_queries:
-                try:
-                    gallery.augment_queries = augment_queries
-                except BaseException:
-                    gallery.close()
-                    raise
+                raise GalleryError(f"gallery {path} was created with {', '.join(differ)}; a "
+                                   "gallery's views are set when it is created (its shots "
+                                   "were embedded with them): use a new gallery")
             return gallery
         return cls.create(path, embedder, augment=augment or "none",
                           augment_queries=bool(augment_queries))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tledge.artifact import Preprocess
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, WeightsError
 from tledge.train.registry import Backbone, BackboneSpec, get_backbone, get_spec
 
 SEPARATOR = "+"
@@ -81,7 +81,10 @@ def member_names(name: str) -> list[str] | None:
     """The members of an ensemble name ("a+b"), or None when ``name`` is not one."""
     if SEPARATOR not in name:
         return None
-    parts = [p.strip() for p in name.split(SEPARATOR)]
+    parts = name.split(SEPARATOR)
+    if any(p != p.strip() for p in parts):
+        raise TledgeError(f"ensemble {name!r}: write the names without spaces, e.g. "
+                          "mobilenet_v2+efficientnet_lite0")
     if any(not p for p in parts):
         raise TledgeError(f"ensemble {name!r} has an empty member; write e.g. "
                           "mobilenet_v2+efficientnet_lite0")
@@ -116,8 +119,11 @@ def _build(name: str, parts: list[str], outer: Preprocess, pretrained: bool = Tr
            allow_download: bool = False) -> EnsembleBackbone:
     members, sources = [], []
     for part in parts:
-        # each member's own verified weights
-        backbone, _, source = get_backbone(part, pretrained, allow_download=allow_download)
+        try:  # each member's own verified weights
+            backbone, _, source = get_backbone(part, pretrained, allow_download=allow_download)
+        except WeightsError as exc:
+            raise TledgeError(f"{name}: member {part}: {exc} (an ensemble takes no --weights: "
+                              "install the member's weights, or use --allow-download)") from exc
         members.append(backbone)
         sources.append(f"{part}: {source}")
     model = EnsembleBackbone(name, members, outer)
