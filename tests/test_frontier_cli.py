@@ -111,3 +111,16 @@ def test_transfer_folders_and_their_metric_are_checked_before_any_work(classes, 
     with pytest.raises(SystemExit) as exc:
         main(["eval", "frontier", str(classes), "-m", "x.onnx", "--metric", metric, *out])
     assert exc.value.code == 2 and metric in capsys.readouterr().err
+
+
+def test_backbones_shortcut_redoes_a_damaged_file(tmp_path):
+    from tledge.runtime import Embedder
+    from tledge.train.gate import GateOptions
+    from tledge.train.zoo import export_backbones
+
+    gate = GateOptions(episodes=5, force=True)
+    (made,) = export_backbones(tmp_path, names=["tiny"], gate=gate)
+    made["fp32"].write_bytes(made["fp32"].read_bytes()[:1000])  # truncated by a crash
+    (again,) = export_backbones(tmp_path, names=["tiny"], gate=gate)
+    assert Embedder(again["fp32"], providers="cpu").info.precision == "fp32"
+    assert again["gate"] is None  # the int8 file was sound: kept

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tledge.cli.models import WEIGHT_BITS
 from tledge.cli.types import NON_NEGATIVE_INT, SEED, examples, positive_int
 from tledge.cli_types import threads
 from tledge.errors import TledgeError
@@ -40,7 +41,6 @@ def _exported_backbones(args: argparse.Namespace) -> list[Path]:
     """Every registered backbone exported in fp32 and int8 into OUTPUT/models (the training
     side: needs torch)."""
     try:
-        from tledge.cli.models import WEIGHT_BITS
         from tledge.train.zoo import export_backbones
     except ImportError as exc:
         raise TledgeError("--backbones exports models and needs the training side: "
@@ -110,7 +110,7 @@ def add_frontier(kinds, model_args) -> None:
     a.add_argument("--qat-steps", type=NON_NEGATIVE_INT, default=0,
                    help="--backbones: int8-aware distillation steps (default 0: post-training "
                         "int8; 200 takes ~8 min per backbone on 2 CPU cores)")
-    a.add_argument("--weight-bits", choices=("7", "8", "auto"), default="7",
+    a.add_argument("--weight-bits", choices=tuple(WEIGHT_BITS), default="7",
                    help="--backbones: int8 weight bits, as `tledge export --weight-bits` "
                         "(default 7)")
     a.set_defaults(func=cmd_frontier, check=_check_metric)

@@ -16,7 +16,7 @@ from tledge.train.export import ExportOptions
 from tledge.train.gate import GateOptions
 from tledge.train.pipeline import PipelineOptions, export
 from tledge.train.qat import QATOptions
-from tledge.train.quantize import QuantizeOptions, resolve_reduce_range
+from tledge.train.quantize import QuantizeOptions, reduce_precision, resolve_reduce_range
 
 # Built-in backbones that are not worth measuring (random weights, for tests).
 SKIP = ("tiny",)
@@ -33,40 +33,47 @@ def export_backbones(out_dir: Path, names: list[str] | None = None,
                      gate: GateOptions | None = None,
                      reduce_range: bool | None = True) -> list[dict]:
     """``out_dir/<name>.onnx`` (fp32) and ``out_dir/<name>_int8.onnx`` for each backbone;
-    returns one ``{"backbone", "fp32", "int8", "gate"}`` per backbone. ``reuse``: files
-    already there are kept as they are (a re-run measures without re-exporting). ``gate``:
+    returns one ``{"backbone", "fp32", "int8", "gate"}`` per backbone. ``reuse``: valid
+    files already there are kept (a re-run measures without re-exporting); damaged ones, and
+    int8 files on another weight grid, are made again. ``gate``:
     the int8 gate's options (default: on ``gate_images``, kept even when it fails);
     ``reduce_range``: 7-bit weights (True), 8-bit (False) or by this CPU (None)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     gate = gate or GateOptions(images=gate_images, force=True)
-    quant = QuantizeOptions(calib=calib, gate=gate, reduce_range=reduce_range)
+    quant = QuantizeOptions(precision="int8", calib=calib, gate=gate, reduce_range=reduce_range)
     want = resolve_reduce_range(reduce_range)  # an int8 file on another grid is redone
     made = []
     for name in names or zoo_backbones():
         fp32, int8 = out_dir / f"{name}.onnx", out_dir / f"{name}_int8.onnx"
         model = ExportOptions(backbone=name)
-        if not (reuse and fp32.is_file()):
+        if not (reuse and _recipe(fp32) is not None):  # missing, damaged or stale: redo
             export(fp32, PipelineOptions(precision="fp32", model=model))
         report = None
-        if not (reuse and int8.is_file() and _weight_grid(int8) == want):
-            options = PipelineOptions(precision="int8", model=model, quantize=quant,
-                                      qat=dataclasses.replace(QATOptions(), steps=qat_steps))
-            report = export(int8, options).gate
-            int8.with_name(int8.stem + ".fp32.onnx").unlink(missing_ok=True)  # = fp32
+        if not (reuse and (_recipe(int8) or {}).get("reduce_range") == want):
+            if qat_steps:  # distillation needs the PyTorch model: the whole pipeline
+                options = PipelineOptions(precision="int8", model=model, quantize=quant,
+                                          qat=dataclasses.replace(QATOptions(), steps=qat_steps))
+                report = export(int8, options).gate
+                int8.with_name(int8.stem + ".fp32.onnx").unlink(missing_ok=True)  # = fp32
+            else:  # post-training: from the fp32 file just made, not a second export
+                report = reduce_precision(fp32, int8, quant)
         made.append({"backbone": name, "fp32": fp32, "int8": int8, "gate": report})
     return made
 
 
-def _weight_grid(path: Path) -> bool | None:
-    """The ``reduce_range`` an int8 file was made with (None: unreadable or not recorded)."""
+def _recipe(path: Path) -> dict | None:
+    """The ``quantization`` recipe of a verified tledge model file (``{}`` for fp32), or
+    None when the file is missing, damaged, stale or not a tledge model."""
     import json
 
     from tledge.errors import TledgeError
     from tledge.runtime.embedder import load_verified
 
+    if not path.is_file():
+        return None
     try:
         recipe = json.loads(load_verified(path)[1].extra.get("quantization", "{}"))
     except (TledgeError, ValueError):
         return None
-    return recipe.get("reduce_range") if isinstance(recipe, dict) else None
+    return recipe if isinstance(recipe, dict) else None
